@@ -13,7 +13,7 @@ BUILD     := $(CURDIR)/.build
 COLL_DIR  := $(BUILD)/collections/ansible_collections/netstate
 SANITY_ROOT ?= $(BUILD)/sanity
 SANITY_DIR := $(SANITY_ROOT)/ansible_collections/netstate/tcp
-APT_PACKAGES := openssh-server openssh-client socat nftables iproute2 procps net-tools
+APT_PACKAGES := openssh-server openssh-client socat nftables iproute2 procps net-tools chromium
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
