@@ -16,7 +16,8 @@ description:
   - Validates every name and value before touching anything. A name must be a dotted sysctl identifier that
     exists under C(/proc/sys) (no C(..), no C(/), no globs); a value must be an integer or an integer vector.
     Booleans from YAML are rejected with a hint to use V(1) or V(0).
-  - Refuses C(net.ipv4.tcp_tw_recycle) whatever the kernel: it broke clients behind NAT and was removed in Linux 4.12.
+  - Refuses C(net.ipv4.tcp_tw_recycle) whatever the kernel, because it broke clients behind NAT and was
+    removed in Linux 4.12.
   - Knows global and per-namespace keys. Inside a non-initial network namespace a host-wide key (such as
     C(net.ipv4.tcp_max_orphans), C(net.ipv4.tcp_mem), or any key outside C(net.)) is skipped with a warning,
     or fails the task with O(on_global_in_namespace=fail).
@@ -28,7 +29,7 @@ description:
     O(sysctls) on a later run get their saved value back too.
   - Only integer sysctls are supported.
 author:
-  - netstate.tcp contributors
+  - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
   - netstate.tcp.attributes.PLATFORM_LINUX
@@ -42,7 +43,7 @@ attributes:
 options:
   sysctls:
     description:
-      - Sysctl names mapped to the values to set, for example C(net.ipv4.tcp_fin_timeout: 30).
+      - Sysctl names mapped to the values to set, for example C(net.ipv4.tcp_fin_timeout) to V(30).
       - A value is an integer, a string of digits, or for vectors (C(tcp_mem), C(tcp_rmem),
         C(ip_local_port_range)) a list of integers or a space-separated string with as many
         integers as the kernel holds for that key.
@@ -148,6 +149,12 @@ previous:
   returned: always
   type: dict
   sample: {"net.ipv4.tcp_orphan_retries": "0"}
+before:
+  description:
+    - Live values of the managed keys (and of keys released from the file) before this run.
+  returned: always
+  type: dict
+  sample: {"net.ipv4.tcp_orphan_retries": "0"}
 changed_sysctls:
   description: Names whose live value was (or in check mode would be) written.
   returned: always
@@ -222,6 +229,7 @@ def run_module(module):
         "changed": changed,
         "skipped": skipped,
         "previous": plan["previous"],
+        "before": plan["live_before"],
         "changed_sysctls": [name for name, _values in plan["writes"]],
         "file": dropin.path,
         "state_file": state_path(dropin.path),
