@@ -1,0 +1,192 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Which processes hold given sockets: one pass over /proc/<pid>/fd (stdlib only).
+
+A socket fd reads back as the link `socket:[<inode>]`; the inodes come from the
+sock_diag dump, so only the wanted inodes are matched, and the pass is skipped
+entirely when there are none.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+
+PROC = "/proc"
+CMDLINE_MAX = 200
+
+# Container runtimes put the container id in the cgroup path.
+_CONTAINER_SCOPE = re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope")
+_CONTAINER_DIR = re.compile(r"/(?:docker|libpod|crio|containerd|lxc|kubepods[^/]*/[^/]+)/([0-9a-f]{64})(?:/|$)")
+
+
+def container_id(cgroup_path):
+    """The container id a cgroup path shows, else None."""
+    if not cgroup_path:
+        return None
+    match = _CONTAINER_SCOPE.search(cgroup_path) or _CONTAINER_DIR.search(cgroup_path)
+    return match.group(1) if match else None
+
+
+def parse_cgroup(text):
+    """The process's cgroup path: the v2 (`0::`) entry, else the systemd or first v1 entry."""
+    first = systemd = None
+    for line in (text or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            return path
+        if controllers == "name=systemd":
+            systemd = path
+        if first is None:
+            first = path
+    return systemd or first
+
+
+def parse_cmdline(raw, limit=CMDLINE_MAX):
+    """NUL-separated argv as one line, cut to `limit` characters with an ellipsis."""
+    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    text = "".join(char if char.isprintable() else " " for char in text)
+    if len(text) > limit:
+        text = text[: max(0, limit - 3)] + "..."
+    return text
+
+
+def parse_status_uid(text):
+    """Effective uid from /proc/<pid>/status, else None."""
+    for line in (text or "").splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                return int(fields[2])
+    return None
+
+
+def _read(path, mode="r"):
+    try:
+        with open(path, mode) as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def user_name(uid, _cache={}):  # noqa: B006 - deliberate per-process cache
+    if uid is None:
+        return None
+    if uid not in _cache:
+        try:
+            _cache[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _cache[uid] = str(uid)
+    return _cache[uid]
+
+
+def process_info(pid, proc=PROC, cmdline_max=CMDLINE_MAX):
+    """pid, comm, cmdline, user, cgroup and container of one process."""
+    base = os.path.join(proc, str(pid))
+    comm = _read(os.path.join(base, "comm"))
+    raw = _read(os.path.join(base, "cmdline"), "rb")
+    cgroup = parse_cgroup(_read(os.path.join(base, "cgroup")))
+    uid = parse_status_uid(_read(os.path.join(base, "status")))
+    return {
+        "pid": pid,
+        "comm": comm.rstrip("\n") if comm is not None else None,
+        "cmdline": parse_cmdline(raw, cmdline_max) if raw is not None else None,
+        "user": user_name(uid),
+        "cgroup": cgroup,
+        "container": container_id(cgroup),
+    }
+
+
+def scan_socket_fds(wanted, proc=PROC, warnings=None):
+    """One pass over /proc/*/fd: {pid: [inode, ...]} for the inodes in `wanted`.
+
+    Processes whose fds cannot be listed (another user's, without root) are
+    counted in one warning; processes that exit during the pass are skipped.
+    """
+    warnings = warnings if warnings is not None else []
+    held = {}
+    if not wanted:
+        return held
+    denied = 0
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.scandir(os.path.join(proc, entry, "fd"))
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue
+        found = []
+        with fds:
+            for fd in fds:
+                try:
+                    link = os.readlink(fd.path)
+                except OSError:
+                    continue
+                # socket:[12345]
+                if link.startswith("socket:["):
+                    inode = int(link[8:-1])
+                    if inode in wanted:
+                        found.append(inode)
+        if found:
+            held[int(entry)] = found
+    if denied:
+        warnings.append(
+            f"owners: could not read /proc/<pid>/fd of {denied} processes (permission denied); "
+            "owners and listener owners may be incomplete"
+        )
+    return held
+
+
+def find_owners(owner_inodes, listener_inodes=(), *, top=10, proc=PROC, warnings=None, held=None):
+    """Owners of sockets per state and of listeners.
+
+    owner_inodes: {state: iterable of inodes} (collect_sockets' `_owner_inodes`).
+    listener_inodes: inodes of the reported LISTEN sockets.
+    held: the result of scan_socket_fds when the caller already made the pass
+    (one pass serves several namespaces: socket inodes are unique host-wide).
+    Returns (owners, listener_owner): owners = {state: [process info + sockets]}
+    sorted by sockets held, at most `top` per state; listener_owner =
+    {inode: {pid, comm}} (the lowest pid when several processes share the fd).
+    """
+    warnings = warnings if warnings is not None else []
+    state_of = {}
+    for state, inodes in owner_inodes.items():
+        for inode in inodes:
+            if inode:  # TIME_WAIT and orphans have inode 0: nobody holds them
+                state_of[inode] = state
+    listeners = {inode for inode in listener_inodes if inode}
+    owners = {state: [] for state in owner_inodes}
+    listener_owner = {}
+    if not state_of and not listeners:
+        return owners, listener_owner
+    if held is None:
+        held = scan_socket_fds(set(state_of) | listeners, proc, warnings)
+    infos = {}
+    per_state = {}
+    for pid in sorted(held):
+        for inode in held[pid]:
+            state = state_of.get(inode)
+            if state is not None:
+                counts = per_state.setdefault(state, {})
+                counts[pid] = counts.get(pid, 0) + 1
+            if inode in listeners and inode not in listener_owner:
+                if pid not in infos:
+                    infos[pid] = process_info(pid, proc)
+                listener_owner[inode] = {"pid": pid, "comm": infos[pid]["comm"]}
+    for state, counts in per_state.items():
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: max(1, top)]
+        for pid, sockets in ranked:
+            if pid not in infos:
+                infos[pid] = process_info(pid, proc)
+            info = dict(infos[pid])
+            info["sockets"] = sockets
+            owners[state].append(info)
+    return owners, listener_owner
