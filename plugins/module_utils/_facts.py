@@ -16,13 +16,8 @@ import os
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _netns
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _diagnose, _netns
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES, collect_sockets
-
-try:
-    from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose
-except ImportError:  # pragma: no cover - until the diagnose module lands
-    _diagnose = None
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
@@ -111,8 +106,7 @@ def normalize_options(params=None):
     thresholds = options["thresholds"]
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds: must be a dictionary, got {thresholds!r}")
-    if _diagnose is not None:
-        thresholds = _diagnose.validate_thresholds(thresholds)
+    thresholds = _diagnose.validate_thresholds(thresholds)
 
     return {
         "top": top,
@@ -219,10 +213,7 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "findings": [],
         "warnings": warnings,
     }
-    if _diagnose is not None:
-        block["findings"] = _diagnose.diagnose(block, options["thresholds"])
-    else:
-        warnings.append("findings unavailable: the diagnose module is not installed")
+    block["findings"] = _diagnose.diagnose(block, options["thresholds"])
     return block
 
 
