@@ -525,7 +525,7 @@ def _fin_wait1_stuck(facts, th):
     count = _n(_get(facts, "states", "FIN_WAIT1"))
     send_bytes = _n(_get(facts, "queues", "FIN_WAIT1", "send_bytes"))
     persistent_count = _num(_get(facts, "persistent", "FIN_WAIT1", "count"))
-    persistent_bytes = _num(_get(facts, "persistent", "FIN_WAIT1", "bytes"))
+    persistent_bytes = _num(_get(facts, "persistent", "FIN_WAIT1", "send_bytes"))
     # With an interval, only sockets in FIN_WAIT1 in both samples are stuck.
     stuck = persistent_count if persistent_count is not None else count
     held = persistent_bytes if persistent_bytes is not None else send_bytes
@@ -896,8 +896,11 @@ def _orphan_retries_default(facts, th, fin_wait1_finding):
     if retries is None or retries != 0:
         return None
     fin_wait1 = _n(_get(facts, "states", "FIN_WAIT1"))
-    orphans = _n(_get(facts, "pressure", "orphans", "count")) or _n(_get(facts, "sockstat", "tcp_orphan"))
-    if fin_wait1 <= 0 and orphans <= 0:
+    # tcp_orphan_retries is per namespace: count this namespace's sockets in the states it governs,
+    # not sockstat's orphan figure, which is host-wide.
+    closing = fin_wait1 + _n(_get(facts, "states", "CLOSING")) + _n(_get(facts, "states", "LAST_ACK"))
+    orphans = _num(_get(facts, "pressure", "orphans", "count"))
+    if closing <= 0:
         return None
     severity = "warning" if fin_wait1_finding is not None else "info"
     effective = _get(facts, "effective", "tcp_orphan_retries")
@@ -905,12 +908,13 @@ def _orphan_retries_default(facts, th, fin_wait1_finding):
         "tcp_orphan_retries": 0,
         "effective": effective if effective is not None else 8,
         "fin_wait1": fin_wait1,
-        "orphans": orphans,
+        "fin_wait1_closing_last_ack": closing,
+        "orphans_host": orphans,
         "fin_wait1_stuck": fin_wait1_finding is not None,
     }
     summary = (
-        f"net.ipv4.tcp_orphan_retries is 0, which the kernel treats as 8, with {int(fin_wait1)} FIN_WAIT1 sockets "
-        f"and {int(orphans)} orphans (host-wide)"
+        f"net.ipv4.tcp_orphan_retries is 0, which the kernel treats as 8, with {int(closing)} sockets in "
+        f"FIN_WAIT1/CLOSING/LAST_ACK ({int(fin_wait1)} FIN_WAIT1)"
     )
     text = (
         "tcp_orphan_retries=0 does not mean 'no retries': while the peer looks alive the kernel uses 8, so an "
