@@ -1,0 +1,320 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""tcp_socket_info: `ss state X '( sport = :Y )'` as a bounded, filtered listing.
+
+The kernel does the heavy filtering: the state bitmask and the inet_diag
+bytecode (ports, addresses) are applied before a socket is copied to user
+space.  Owner filters (pids, comms) need /proc/<pid>/fd and are applied here,
+on the inodes of the chosen processes only.  At most ``limit`` sockets are kept
+(a heap when sorting) while every match is counted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import struct
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+
+PROC = "/proc"
+DEFAULT_LIMIT = 100
+SORT_KEYS = ("none", "state", "local", "peer", "local_port", "peer_port", "recv_queue", "send_queue", "expires")
+# biggest first: the point of sorting by a queue is to see the worst sockets
+DESCENDING = ("recv_queue", "send_queue")
+TIMERS = {0: None, 1: "retransmit", 2: "keepalive", 3: "time_wait", 4: "zero_window_probe"}
+
+# inet_diag attribute types and idiag_ext request bits (linux/inet_diag.h)
+INET_DIAG_MEMINFO = 1
+INET_DIAG_INFO = 2
+INET_DIAG_SKMEMINFO = 7
+DETAIL_EXTENSIONS = (1 << (INET_DIAG_MEMINFO - 1)) | (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1))
+SKMEMINFO_FIELDS = (
+    "rmem_alloc",
+    "rcvbuf",
+    "wmem_alloc",
+    "sndbuf",
+    "fwd_alloc",
+    "wmem_queued",
+    "optmem",
+    "backlog",
+    "drops",
+)
+# struct tcp_info (linux/tcp.h): field -> (offset, struct format); later fields exist on newer kernels only
+TCP_INFO_FIELDS = {
+    "ca_state": (1, "B"),
+    "retransmits": (2, "B"),
+    "probes": (3, "B"),
+    "backoff": (4, "B"),
+    "rto_us": (8, "I"),
+    "snd_mss": (16, "I"),
+    "rcv_mss": (20, "I"),
+    "unacked": (24, "I"),
+    "lost": (32, "I"),
+    "retrans": (36, "I"),
+    "last_data_recv_ms": (52, "I"),
+    "pmtu": (60, "I"),
+    "rtt_us": (68, "I"),
+    "rttvar_us": (72, "I"),
+    "snd_ssthresh": (76, "I"),
+    "cwnd": (80, "I"),
+    "total_retrans": (100, "I"),
+    "bytes_acked": (120, "Q"),
+    "bytes_received": (128, "Q"),
+    "notsent_bytes": (144, "I"),
+    "min_rtt_us": (148, "I"),
+    "snd_wnd": (228, "I"),
+    "rcv_wnd": (232, "I"),
+}
+
+
+class SocketInfoError(ValueError):
+    """Invalid options (the message names the option and the valid values)."""
+
+
+# ---- options ---------------------------------------------------------------
+def normalize_options(params):
+    """Check every option before anything is read; raise SocketInfoError listing the problems."""
+    errors = []
+    options = {}
+    states = params.get("states") or ["all"]
+    if isinstance(states, str):
+        states = [states]
+    names = []
+    for state in states:
+        key = str(state).strip().upper().replace("-", "_")
+        if key == "ALL":
+            names = list(cs.STATES)
+            break
+        if key not in cs.STATES:
+            errors.append(f"states: unknown state {state!r}; valid states: all, {', '.join(cs.STATES)}")
+        elif key not in names:
+            names.append(key)
+    options["states"] = names
+
+    node = None
+    try:
+        node = df.build_filter(
+            params.get("local_ports") or (),
+            params.get("peer_ports") or (),
+            params.get("local_addresses") or (),
+            params.get("peer_addresses") or (),
+        )
+    except df.FilterError as exc:
+        errors.append(f"local_ports/peer_ports/local_addresses/peer_addresses: {exc}")
+    options["bytecode"] = df.compile_filter(node) if node is not None and not errors else b""
+
+    pids = []
+    for pid in params.get("pids") or ():
+        if isinstance(pid, bool) or not str(pid).strip().isdigit() or int(pid) < 1:
+            errors.append(f"pids: must be positive integers, got {pid!r}")
+        else:
+            pids.append(int(pid))
+    options["pids"] = pids
+    comms = []
+    for comm in params.get("comms") or ():
+        if not isinstance(comm, str) or not comm.strip():
+            errors.append(f"comms: must be non-empty process names, got {comm!r}")
+        else:
+            comms.append(comm.strip()[:15])  # /proc/<pid>/comm keeps 15 characters
+    options["comms"] = comms
+
+    limit = params.get("limit")
+    limit = DEFAULT_LIMIT if limit is None else limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        errors.append(f"limit: must be an integer >= 0, got {limit!r}")
+    options["limit"] = limit
+    sort = params.get("sort") or "none"
+    if sort not in SORT_KEYS:
+        errors.append(f"sort: must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    options["sort"] = sort
+    options["details"] = bool(params.get("details"))
+    if errors:
+        raise SocketInfoError("; ".join(errors))
+    return options
+
+
+# ---- owners -------------------------------------------------------------------
+def _comm(pid, proc=PROC):
+    try:
+        with open(os.path.join(proc, str(pid), "comm"), encoding="utf-8", errors="replace") as fh:
+            return fh.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def owner_inodes(pids, comms, proc=PROC):
+    """{socket inode: (pid, comm)} of the chosen processes (only their fd dirs are read)."""
+    chosen = {pid: None for pid in pids}
+    if comms:
+        wanted = set(comms)
+        for entry in os.listdir(proc):
+            if entry.isdigit():
+                comm = _comm(entry, proc)
+                if comm in wanted:
+                    chosen[int(entry)] = comm
+    inodes = {}
+    for pid in sorted(chosen):
+        comm = chosen[pid] or _comm(pid, proc)
+        try:
+            fds = os.scandir(os.path.join(proc, str(pid), "fd"))
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    link = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):  # socket:[12345]
+                    inodes.setdefault(int(link[8:-1]), (pid, comm))
+    return inodes
+
+
+# ---- decoding -------------------------------------------------------------------
+def _address(family, packed):
+    return socket.inet_ntop(family, bytes(packed))
+
+
+def _endpoint(family, address, port):
+    return f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
+
+
+def decode_tcp_info(raw):
+    """The tcp_info fields this module reports (those the running kernel provides)."""
+    out = {}
+    for name, (offset, fmt) in TCP_INFO_FIELDS.items():
+        size = struct.calcsize(fmt)
+        if len(raw) >= offset + size:
+            out[name] = struct.unpack_from("=" + fmt, raw, offset)[0]
+    if "rtt_us" in out:
+        out["rtt_ms"] = round(out["rtt_us"] / 1000.0, 3)
+    return out
+
+
+def decode_meminfo(raw):
+    """INET_DIAG_SKMEMINFO (u32 array, as `ss -m` prints it) -> dict."""
+    count = min(len(raw) // 4, len(SKMEMINFO_FIELDS))
+    return dict(zip(SKMEMINFO_FIELDS, struct.unpack_from(f"={count}I", raw)))
+
+
+def socket_entry(record, family, details=False):
+    """One record of iter_diag -> the dict tcp_socket_info returns."""
+    state = cs.STATES[record[cs.R_STATE] - 1]
+    local = _address(family, record[cs.R_SRC])
+    peer = _address(family, record[cs.R_DST])
+    entry = {
+        "state": state,
+        "family": "ipv4" if family == socket.AF_INET else "ipv6",
+        "local": _endpoint(family, local, record[cs.R_SPORT]),
+        "peer": _endpoint(family, peer, record[cs.R_DPORT]),
+        "local_address": local,
+        "local_port": record[cs.R_SPORT],
+        "peer_address": peer,
+        "peer_port": record[cs.R_DPORT],
+        # on LISTEN sockets these are the accept queue length and the backlog, not bytes
+        "recv_queue": record[cs.R_RQUEUE],
+        "send_queue": record[cs.R_WQUEUE],
+        "uid": record[cs.R_UID],
+        "inode": record[cs.R_INODE],
+    }
+    if details:
+        entry["timer"] = {
+            "kind": TIMERS.get(record[cs.R_TIMER], str(record[cs.R_TIMER])),
+            "expires_ms": record[cs.R_EXPIRES],
+            "retransmits": record[cs.R_RETRANS],
+        }
+        attrs = cs.parse_attrs(record[cs.R_ATTRS])
+        entry["meminfo"] = decode_meminfo(attrs[INET_DIAG_SKMEMINFO]) if INET_DIAG_SKMEMINFO in attrs else None
+        entry["tcp_info"] = decode_tcp_info(attrs[INET_DIAG_INFO]) if INET_DIAG_INFO in attrs else None
+    return entry
+
+
+def _sort_key(sort, record, family):
+    if sort == "state":
+        return record[cs.R_STATE]
+    if sort == "local":
+        return (family, bytes(record[cs.R_SRC]), record[cs.R_SPORT])
+    if sort == "peer":
+        return (family, bytes(record[cs.R_DST]), record[cs.R_DPORT])
+    if sort == "local_port":
+        return record[cs.R_SPORT]
+    if sort == "peer_port":
+        return record[cs.R_DPORT]
+    if sort == "recv_queue":
+        return -record[cs.R_RQUEUE]
+    if sort == "send_queue":
+        return -record[cs.R_WQUEUE]
+    return record[cs.R_EXPIRES]
+
+
+# ---- the query ----------------------------------------------------------------------
+def iter_matches(options, owners=None, dump=cs.iter_diag, warnings=None):
+    """(family, record) of every socket the filters select (streamed).
+
+    owners: owner_inodes() of the pids/comms options, None when there are none.
+    """
+    warnings = warnings if warnings is not None else []
+    if owners is not None and not owners:
+        return
+    mask = cs.state_mask(options["states"])
+    extensions = DETAIL_EXTENSIONS if options["details"] else 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            for record in dump(family, mask, extensions, options["bytecode"]):
+                if owners is None or record[cs.R_INODE] in owners:
+                    yield family, record
+        except cs.DiagUnavailable as exc:
+            if family == socket.AF_INET6:
+                warnings.append(f"IPv6 sockets not listed: {exc}")
+                continue
+            raise
+
+
+def query(options, dump=cs.iter_diag):
+    """Run tcp_socket_info on normalized options: {matched, sockets, truncated, warnings}."""
+    warnings = []
+    owners = owner_inodes(options["pids"], options["comms"]) if options["pids"] or options["comms"] else None
+    limit, sort = options["limit"], options["sort"]
+    matched = 0
+    if sort == "none":
+        selected = []
+        for family, record in iter_matches(options, owners, dump, warnings):
+            matched += 1
+            if len(selected) < limit:
+                selected.append((family, record))
+    else:
+        # nsmallest keeps a heap of `limit` entries; the sequence number keeps ties in kernel order
+        order = itertools.count()
+        candidates = []
+        for family, record in iter_matches(options, owners, dump, warnings):
+            matched += 1
+            item = (_sort_key(sort, record, family), next(order), family, record)
+            if len(candidates) < limit:
+                heapq.heappush(candidates, _Reverse(item))
+            elif limit and item[:2] < candidates[0].item[:2]:
+                heapq.heapreplace(candidates, _Reverse(item))
+        selected = [(r.item[2], r.item[3]) for r in sorted(candidates, key=lambda r: r.item[:2])]
+    sockets = []
+    for family, record in selected:
+        entry = socket_entry(record, family, options["details"])
+        if owners is not None and record[cs.R_INODE] in owners:
+            pid, comm = owners[record[cs.R_INODE]]
+            entry["owner"] = {"pid": pid, "comm": comm}
+        sockets.append(entry)
+    return {"matched": matched, "sockets": sockets, "truncated": matched > len(sockets), "warnings": warnings}
+
+
+class _Reverse:
+    """Max-heap entry: heapq's root is then the largest kept key, the first to drop."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item):
+        self.item = item
+
+    def __lt__(self, other):
+        return other.item[:2] < self.item[:2]
