@@ -69,7 +69,13 @@ changelog-lint: venv
 
 # ansible-test wants the collection at ansible_collections/<ns>/<name>: test a
 # copy of exactly the files git tracks or would track (no .venv, no .build).
+# ansible-test bootstraps pip in its venvs with a script from ci-files.testing.ansible.com,
+# which our machines cannot reach: seed its cache with tools/ansible-test-get-pip.py.
+# The pip version ansible-test 2.19 pins for its venvs (get_venv_packages); bump with ansible-core.
+ANSIBLE_TEST_PIP := $(HOME)/.ansible/test/cache/get_pip_24_2.py
+
 sanity: setup
+	@mkdir -p $(dir $(ANSIBLE_TEST_PIP)) && cp tools/ansible-test-get-pip.py $(ANSIBLE_TEST_PIP)
 	@rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
 	@git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(SANITY_DIR)
 	cd $(SANITY_DIR) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
