@@ -27,12 +27,13 @@ description:
     user's own processes) and lists what it could not read in RV(ansible_facts.tcp_state.warnings).
   - Needs only Python 3.9+ and its standard library on the managed node.
 author:
-  - netstate.tcp contributors
+  - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
   - netstate.tcp.attributes.INFO_MODULE
   - netstate.tcp.attributes.FACTS
   - netstate.tcp.attributes.PLATFORM_LINUX
+  - netstate.tcp.thresholds
 options:
   top:
     description:
@@ -76,13 +77,6 @@ options:
         null.
     type: raw
     default: current
-  thresholds:
-    description:
-      - Overrides for the thresholds of the findings, by name. Unknown names or bad values fail the task
-        with the list of valid names.
-      - The defaults are the C(DEFAULT_THRESHOLDS) of the collection's C(plugins/module_utils/_diagnose.py).
-    type: dict
-    default: {}
   families:
     description:
       - Address families to dump.
@@ -454,7 +448,7 @@ def main():
             "owners": {"type": "list", "elements": "str", "default": ["CLOSE_WAIT", "LISTEN"]},
             "interval": {"type": "float", "default": 0},
             "namespaces": {"type": "raw", "default": "current"},
-            "thresholds": {"type": "dict", "default": {}},
+            "thresholds": {"type": "dict"},
             "families": {"type": "list", "elements": "str", "choices": ["ipv4", "ipv6"], "default": ["ipv4", "ipv6"]},
         },
         supports_check_mode=True,
