@@ -95,17 +95,27 @@ def normalize_options(params):
             names.append(key)
     options["states"] = names
 
-    node = None
-    try:
-        node = df.build_filter(
-            params.get("local_ports") or (),
-            params.get("peer_ports") or (),
-            params.get("local_addresses") or (),
-            params.get("peer_addresses") or (),
-        )
-    except df.FilterError as exc:
-        errors.append(f"local_ports/peer_ports/local_addresses/peer_addresses: {exc}")
-    options["bytecode"] = df.compile_filter(node) if node is not None and not errors else b""
+    parsers = {
+        "local_ports": df.parse_port_spec,
+        "peer_ports": df.parse_port_spec,
+        "local_addresses": df.parse_network,
+        "peer_addresses": df.parse_network,
+    }
+    values = {}
+    for name, parse in parsers.items():
+        values[name] = list(params.get(name) or ())
+        for value in values[name]:
+            try:
+                parse(value)
+            except df.FilterError as exc:
+                errors.append(f"{name}: {exc}")
+    options["bytecode"] = b""
+    if not errors:
+        node = df.build_filter(**values)
+        try:
+            options["bytecode"] = df.compile_filter(node)
+        except df.FilterError as exc:
+            errors.append(f"local_ports/peer_ports/local_addresses/peer_addresses: {exc}")
 
     pids = []
     for pid in params.get("pids") or ():
