@@ -346,6 +346,8 @@ def _counter_level(facts, names, th, rate_critical_key=None, growth_level="warni
     With rates (interval > 0): any growth is `growth_level`, growth at or above the
     rate_critical threshold is critical, no growth is no finding. Without rates a
     since-boot total gives at most a warning (counter_events_warning), below it info.
+    Several names are combined with max(), not a sum: the kernel bumps ListenDrops with every
+    ListenOverflows, and SyncookiesSent with every TCPReqQFullDoCookies.
     Returns (severity or None, evidence dict, note).
     """
     counters = _dict(facts.get("counters"))
@@ -357,7 +359,7 @@ def _counter_level(facts, names, th, rate_critical_key=None, growth_level="warni
             rate = _num(rates.get(name))
             if rate is not None:
                 evidence[f"{name}_per_second"] = rate
-                total_rate += max(rate, 0)
+                total_rate = max(total_rate, rate)
         if total_rate <= 0:
             return None, evidence, "not growing during the sampling interval"
         level = growth_level
@@ -369,7 +371,7 @@ def _counter_level(facts, names, th, rate_critical_key=None, growth_level="warni
         value = _num(counters.get(name))
         if value is not None:
             evidence[name] = value
-            total += max(value, 0)
+            total = max(total, value)
     if total <= 0:
         return None, evidence, ""
     level = "warning" if total >= th["counter_events_warning"] else "info"
@@ -515,7 +517,9 @@ def _time_wait_churn(facts, th):
         )
     else:
         text += "For outgoing connections net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port safely. "
-        if _num(_sysctl(facts, "net.ipv4.tcp_tw_reuse")) != 1:
+        reuse = _num(_sysctl(facts, "net.ipv4.tcp_tw_reuse"))
+        # 2 (the kernel default) already reuses TIME_WAIT ports towards loopback peers.
+        if reuse is not None and reuse != 1 and not (reuse == 2 and top_peer.get("scope") == "loopback"):
             sysctls["net.ipv4.tcp_tw_reuse"] = 1
     text += "Never enable tcp_tw_recycle: it breaks clients behind NAT and was removed in Linux 4.12."
     return _finding("TIME_WAIT_CHURN", severity, summary, evidence, kind="application", text=text, sysctls=sysctls)
