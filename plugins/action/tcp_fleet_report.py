@@ -1,0 +1,89 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Action plugin for netstate.tcp.tcp_fleet_report: runs on the controller only.
+
+Reads every audited host's registered tcp_state_facts result from hostvars,
+hands them to plugin_utils._fleet_report (aggregation and renderers) and
+writes the reports.  Nothing runs on the managed nodes.
+"""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.netstate.tcp.plugins.plugin_utils._fleet_report import (
+    DEFAULT_FORMATS,
+    FORMATS,
+    ReportError,
+    build_report,
+    host_entry,
+    render_prom,
+    summary_table,
+    write_reports,
+)
+
+ARGUMENT_SPEC = {
+    "hosts": {"type": "list", "elements": "str", "required": True},
+    "play_hosts": {"type": "list", "elements": "str"},
+    "result_var": {"type": "str", "default": "audit_tcp_facts"},
+    "output_dir": {"type": "path", "default": "reports"},
+    "formats": {"type": "list", "elements": "str", "choices": list(FORMATS), "default": list(DEFAULT_FORMATS)},
+    "query": {"type": "str"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        hostvars = task_vars.get("hostvars", {})
+        in_play = set(args["play_hosts"] if args["play_hosts"] is not None else args["hosts"])
+
+        def fleet():
+            for name in args["hosts"]:
+                host_vars = _vars_of(hostvars, name)
+                res = host_vars.get(args["result_var"])
+                facts = (host_vars.get("ansible_facts") or {}).get("tcp_state")
+                entry = host_entry(name, result=res, facts=facts, in_play=name in in_play)
+                if isinstance(res, dict) and isinstance(res.get("ansible_facts"), dict):
+                    facts = res["ansible_facts"].get("tcp_state", facts)
+                yield entry, facts if entry["status"] == "ok" else None
+
+        try:
+            report = build_report(fleet(), query=args["query"])
+        except ReportError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+
+        result["fleet"] = report["fleet"]
+        result["findings_by_code"] = report["findings_by_code"]
+        if "query" in report:
+            result["query_result"] = report["query_result"]
+        if "prom" in args["formats"]:
+            result["prom"] = {
+                e["name"]: render_prom(e, report["generated_at"]) for e in report["hosts"] if e["status"] == "ok"
+            }
+        if self._task.check_mode:
+            result["summary"] = summary_table(report)
+            result.update(changed=False, report_dir=None, files={})
+            return result
+        try:
+            written = write_reports(report, args["output_dir"], args["formats"])
+        except OSError as exc:
+            raise AnsibleActionFail(f"cannot write the reports into output_dir {args['output_dir']!r}: {exc}") from exc
+        result.update(written)
+        result["summary"] = summary_table(report, report_dir=written["report_dir"])
+        result["changed"] = True
+        return result
+
+
+def _vars_of(hostvars, name: str) -> dict:
+    """A host's variables without templating them (registered results are data)."""
+    raw_get = getattr(hostvars, "raw_get", None)
+    host_vars = raw_get(name) if raw_get is not None else hostvars.get(name)
+    return host_vars if hasattr(host_vars, "get") else {}
