@@ -72,7 +72,7 @@ options:
   on_global_in_namespace:
     description:
       - What to do with a host-wide key asked for inside a non-initial network namespace.
-      - V(skip) leaves it out of the file and the live change, with a warning, and lists it in RV(skipped).
+      - V(skip) leaves it out of the file and the live change, with a warning, and lists it in RV(skipped_sysctls).
       - V(fail) fails the task before anything is changed.
     type: str
     choices: [skip, fail]
@@ -128,8 +128,11 @@ applied:
   returned: always
   type: dict
   sample: {"net.ipv4.tcp_orphan_retries": "2", "net.ipv4.ip_local_port_range": "10240 65000"}
-skipped:
-  description: Keys left out because they are host-wide and this is a non-initial network namespace.
+skipped_sysctls:
+  description:
+    - Keys left out because they are host-wide and this is a non-initial network namespace.
+    - Named C(skipped_sysctls), not C(skipped), because Ansible treats a task result with a true C(skipped)
+      key as a skipped task (hiding its change and diff).
   returned: always
   type: list
   elements: dict
@@ -227,7 +230,7 @@ def run_module(module):
     changed = dropin.changed(plan)
     result = {
         "changed": changed,
-        "skipped": skipped,
+        "skipped_sysctls": skipped,
         "previous": plan["previous"],
         "before": plan["live_before"],
         "changed_sysctls": [name for name, _values in plan["writes"]],
