@@ -19,7 +19,7 @@ CMDLINE_MAX = 200
 
 # Container runtimes put the container id in the cgroup path.
 _CONTAINER_SCOPE = re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope")
-_CONTAINER_DIR = re.compile(r"/(?:docker|libpod|crio|containerd|lxc|kubepods[^/]*/[^/]+)/([0-9a-f]{64})(?:/|$)")
+_CONTAINER_DIR = re.compile(r"/(?:docker|libpod|crio|containerd|lxc|kubepods)[^/]*(?:/[^/]+)*?/([0-9a-f]{64})(?:/|$)")
 
 
 def container_id(cgroup_path):

@@ -1,0 +1,143 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""_collect_owners on a /proc tree recorded while the lab's close_wait_leak scenario ran.
+
+The expected owner is the scenario's own report (fixtures/reports/close_wait_leak.json),
+the inodes come from collect_sockets' dump of the same namespace (fixtures/sockets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners as co
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+PROC = os.path.join(FIXTURES, "proc", "netns_close_wait_leak")
+
+
+def load(*parts):
+    with open(os.path.join(FIXTURES, *parts)) as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return load("reports", "close_wait_leak.json")
+
+
+@pytest.fixture(scope="module")
+def sockets():
+    return load("sockets", "close_wait_leak_2.json")
+
+
+def test_close_wait_owner_is_the_scenario_process(report, sockets):
+    owner_inodes = sockets["_owner_inodes"]
+    listener_inodes = [item["inode"] for item in sockets["listeners"]]
+    warnings = []
+    owners, listener_owner = co.find_owners(owner_inodes, listener_inodes, top=10, proc=PROC, warnings=warnings)
+    assert warnings == []
+    (leaker,) = owners["CLOSE_WAIT"]
+    assert leaker["pid"] == report["owners"]["CLOSE_WAIT"]
+    assert leaker["comm"] == report["comm"] == "leaky-proxy"
+    assert leaker["sockets"] == report["observed"]["CLOSE_WAIT"] == sockets["states"]["CLOSE_WAIT"]
+    assert leaker["user"] == "root"
+    assert leaker["cmdline"].startswith(".venv/bin/python -m netstate_lab.scenario --kind close_wait_leak")
+    # The scenario's listener belongs to it too (server port from its report).
+    port = report["ports"]["server"][0]
+    inode = next(item["inode"] for item in sockets["listeners"] if item["local"].endswith(f":{port}"))
+    assert listener_owner[inode] == {"pid": report["owners"]["LISTEN"], "comm": "leaky-proxy"}
+
+
+def test_only_wanted_inodes_count(report, sockets):
+    # The FIN_WAIT2 client holds sockets too, but nobody asked for FIN_WAIT2.
+    owners, listener_owner = co.find_owners({"CLOSE_WAIT": sockets["_owner_inodes"]["CLOSE_WAIT"][:5]}, proc=PROC)
+    assert [(item["pid"], item["sockets"]) for item in owners["CLOSE_WAIT"]] == [(report["pid"], 5)]
+    assert listener_owner == {}
+    client = str(report["pids"]["client"])
+    client_inodes = {
+        int(os.readlink(os.path.join(PROC, client, "fd", fd))[8:-1])
+        for fd in os.listdir(os.path.join(PROC, client, "fd"))
+        if os.readlink(os.path.join(PROC, client, "fd", fd)).startswith("socket:[")
+    }
+    assert len(client_inodes) >= report["observed"]["FIN_WAIT2"]
+    owners, _ = co.find_owners({"FIN_WAIT2": sorted(client_inodes)}, proc=PROC)
+    assert owners["FIN_WAIT2"][0]["pid"] == report["pids"]["client"]
+
+
+def test_no_wanted_sockets_means_no_scan(tmp_path):
+    missing = str(tmp_path / "not-a-proc")
+    assert co.find_owners({"CLOSE_WAIT": [], "TIME_WAIT": [0, 0]}, [0], proc=missing) == (
+        {"CLOSE_WAIT": [], "TIME_WAIT": []},
+        {},
+    )
+    assert co.scan_socket_fds(set(), proc=missing) == {}
+
+
+def test_top_limits_and_orders_owners(tmp_path):
+    for pid, count in ((10, 1), (11, 3), (12, 2)):
+        fd_dir = tmp_path / str(pid) / "fd"
+        fd_dir.mkdir(parents=True)
+        (tmp_path / str(pid) / "comm").write_text(f"p{pid}\n")
+        for fd in range(count):
+            os.symlink(f"socket:[{pid * 100 + fd}]", fd_dir / str(fd))
+    wanted = {"CLOSE_WAIT": [pid * 100 + fd for pid in (10, 11, 12) for fd in range(3)]}
+    owners, _ = co.find_owners(wanted, top=2, proc=str(tmp_path))
+    assert [(item["pid"], item["comm"], item["sockets"]) for item in owners["CLOSE_WAIT"]] == [
+        (11, "p11", 3),
+        (12, "p12", 2),
+    ]
+
+
+def test_a_socket_of_this_process_is_found_in_the_real_proc():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        inode = os.fstat(sock.fileno()).st_ino
+        owners, listener_owner = co.find_owners({"LISTEN": [inode]}, [inode])
+    with open(f"/proc/{os.getpid()}/comm") as handle:
+        comm = handle.read().strip()
+    assert listener_owner[inode] == {"pid": os.getpid(), "comm": comm}
+    assert [(item["pid"], item["sockets"]) for item in owners["LISTEN"]] == [(os.getpid(), 1)]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/system.slice/docker-" + "a" * 64 + ".scope", "a" * 64),
+        ("/docker/" + "b" * 64, "b" * 64),
+        ("/kubepods.slice/kubepods-burstable.slice/cri-containerd-" + "c" * 64 + ".scope", "c" * 64),
+        ("/kubepods.slice/crio-" + "d" * 64 + ".scope", "d" * 64),
+        ("/machine.slice/libpod-" + "e" * 64 + ".scope/container", "e" * 64),
+        ("/kubepods/besteffort/pod1234/" + "f" * 64, "f" * 64),
+        ("/system.slice/nginx.service", None),
+        ("/user.slice/user-1000.slice/session-2.scope", None),
+        ("/", None),
+        (None, None),
+    ],
+)
+def test_container_id(path, expected):
+    assert co.container_id(path) == expected
+
+
+def test_cgroup_prefers_v2_then_systemd():
+    with open(os.path.join(PROC, "15111", "cgroup")) as handle:
+        recorded = handle.read()
+    v2 = next(line.split(":", 2)[2] for line in recorded.splitlines() if line.startswith("0::"))
+    assert co.parse_cgroup(recorded) == v2
+    assert co.parse_cgroup("4:memory:/a\n1:name=systemd:/b\n") == "/b"
+    assert co.parse_cgroup("4:memory:/a\n") == "/a"
+    assert co.parse_cgroup("garbage") is None
+
+
+def test_cmdline_is_truncated_and_printable():
+    assert co.parse_cmdline(b"a\0b\0") == "a b"
+    long = co.parse_cmdline(b"x" * 500, limit=50)
+    assert len(long) == 50
+    assert long.endswith("...")
+    assert co.parse_cmdline(b"-c\0print(1)\nexit()\0") == "-c print(1) exit()"
