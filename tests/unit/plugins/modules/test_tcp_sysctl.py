@@ -1,0 +1,150 @@
+"""Unit tests of the tcp_sysctl module: documentation vs argument spec, and the module run for real.
+
+The runs below use the controller's real /proc/sys but only in ways that cannot change it:
+check mode, rejected input, or values equal to the live ones (a write is only issued for a
+value that differs). The drop-in always lives under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.netstate.tcp.plugins.modules import tcp_sysctl
+
+MODULE = Path(tcp_sysctl.__file__)
+
+
+def argument_spec():
+    """The spec main() builds, captured by running main() with AnsibleModule replaced."""
+    captured = {}
+
+    class Capture(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Capture
+
+    original = tcp_sysctl.AnsibleModule
+    tcp_sysctl.AnsibleModule = fake_module
+    try:
+        with pytest.raises(Capture):
+            tcp_sysctl.main()
+    finally:
+        tcp_sysctl.AnsibleModule = original
+    return captured
+
+
+def run_module(args, check=False, diff=False):
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_sysctl", json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def live(name):
+    return " ".join(Path("/proc/sys", *name.split(".")).read_text().split())
+
+
+def test_documentation_matches_argument_spec():
+    doc = yaml.safe_load(tcp_sysctl.DOCUMENTATION)
+    spec = argument_spec()["argument_spec"]
+    assert set(doc["options"]) == set(spec)
+    for name, option in spec.items():
+        documented = doc["options"][name]
+        assert documented["type"] == option["type"], name
+        assert documented.get("default") == option.get("default"), name
+        assert documented.get("choices") == option.get("choices"), name
+    assert doc["version_added"] == "0.1.0"
+    assert doc["attributes"]["check_mode"]["support"] == "full"
+    assert doc["attributes"]["diff_mode"]["support"] == "full"
+
+
+def test_return_documents_every_key_the_module_returns(tmp_path):
+    documented = set(yaml.safe_load(tcp_sysctl.RETURN))
+    name = "net.ipv4.tcp_fin_timeout"
+    result = run_module({"sysctls": {name: live(name)}, "file": str(tmp_path / "t.conf")}, check=True, diff=True)
+    returned = set(result) - {"changed", "invocation", "warnings"}
+    assert returned <= documented, returned - documented
+    assert {"applied", "skipped_sysctls", "previous", "diff"} <= returned
+
+
+def test_examples_are_valid_yaml_using_documented_options():
+    doc_options = set(yaml.safe_load(tcp_sysctl.DOCUMENTATION)["options"])
+    for task in yaml.safe_load(tcp_sysctl.EXAMPLES):
+        assert set(task["netstate.tcp.tcp_sysctl"]) <= doc_options
+
+
+def test_check_mode_writes_nothing_and_shows_both_diffs(tmp_path):
+    name = "net.ipv4.tcp_fin_timeout"
+    before = live(name)
+    target = str(int(before) - 1)
+    conf = tmp_path / "60-netstate-tcp.conf"
+    result = run_module({"sysctls": {name: target}, "file": str(conf)}, check=True, diff=True)
+    assert result["changed"] is True
+    assert result["changed_sysctls"] == [name]
+    assert result["applied"] == {name: target}
+    file_diff, live_diff = result["diff"]
+    assert f"{name} = {target}" in file_diff["after"]
+    assert live_diff["before"] == f"{name} = {before}\n"
+    assert live_diff["after"] == f"{name} = {target}\n"
+    assert live(name) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_values_write_the_file_then_nothing(tmp_path):
+    names = ["net.ipv4.tcp_fin_timeout", "net.ipv4.ip_local_port_range"]
+    current = {name: live(name) for name in names}
+    conf = tmp_path / "60-netstate-tcp.conf"
+    first = run_module({"sysctls": current, "file": str(conf)})
+    assert first["changed"] is True and first["changed_sysctls"] == []
+    assert first["previous"] == current
+    assert conf.exists() and (tmp_path / ".60-netstate-tcp.conf.previous.json").exists()
+    second = run_module({"sysctls": current, "file": str(conf)})
+    assert second["changed"] is False
+    gone = run_module({"state": "absent", "file": str(conf)})
+    assert gone["changed"] is True and gone["changed_sysctls"] == []
+    assert list(tmp_path.iterdir()) == []
+    assert {name: live(name) for name in names} == current
+
+
+@pytest.mark.parametrize(
+    ("sysctls", "message"),
+    [
+        ({"net..ipv4.tcp_fin_timeout": 1}, "invalid name"),
+        ({"net/ipv4/tcp_fin_timeout": 1}, "invalid name"),
+        ({"net.ipv4.no_such_key": 1}, "does not exist under /proc/sys"),
+        ({"net.ipv4.tcp_fin_timeout": "sixty"}, "invalid value 'sixty'"),
+        ({"net.ipv4.tcp_tw_reuse": True}, "write 1 or 0"),
+        ({"net.ipv4.tcp_tw_recycle": 0}, "removed in Linux 4.12"),
+    ],
+)
+def test_bad_input_fails_before_touching_anything(tmp_path, sysctls, message):
+    conf = tmp_path / "60-netstate-tcp.conf"
+    result = run_module({"sysctls": sysctls, "file": str(conf)})
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert result["msg"].startswith("sysctls: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_file_and_choice_name_the_option(tmp_path):
+    result = run_module({"sysctls": {}, "file": str(tmp_path / "x.txt")})
+    assert result["failed"] and result["msg"].startswith("file: ")
+    result = run_module({"sysctls": {}, "file": str(tmp_path / "x.conf"), "on_global_in_namespace": "maybe"})
+    assert result["failed"] and "on_global_in_namespace" in result["msg"] and "skip, fail" in result["msg"]
