@@ -1,0 +1,167 @@
+"""Fleet report: aggregate 10,000 synthetic hosts (target <= 2 s, <= 512 MiB).
+
+The hosts are built from tcp_state facts recorded on real namespaces
+(tests/unit/plugins/plugin_utils/fixtures), each one varied: state counts,
+ports, peers, owner pids, pressure ratios and findings differ per host, and a
+few hosts are unreachable, failed or malformed.  The measurement runs in a
+fresh subprocess so its peak RSS is the report's own (payloads included, as
+they are in hostvars during a real run).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTS = 10_000
+TARGET_SECONDS = 2.0
+TARGET_MIB = 512
+
+CHILD = r"""
+import copy, gc, json, random, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.netstate.tcp.plugins.plugin_utils import _fleet_report as fr
+
+fixtures = Path(sys.argv[2])
+hosts = int(sys.argv[3])
+bases = [json.loads(p.read_text()) for p in sorted(fixtures.glob("facts_*.json"))]
+rng = random.Random(42)
+
+def varied(index):
+    facts = copy.deepcopy(bases[index % len(bases)])
+    scale = rng.uniform(0.2, 40.0)
+    for state in facts["states"]:
+        facts["states"][state] = int(facts["states"][state] * scale) + rng.randrange(0, 50)
+    facts["total"] = sum(facts["states"].values())
+    for table in facts["top"].values():
+        for rows in table.values():
+            for row in rows:
+                row["count"] = int(row["count"] * scale) + 1
+                if "port" in row:
+                    row["port"] = rng.randrange(1024, 65535)
+                if "address" in row:
+                    row["address"] = f"10.{index % 250}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+    for rows in facts["owners"].values():
+        for row in rows:
+            row["pid"] = rng.randrange(100, 4_000_000)
+            row["sockets"] = int(row["sockets"] * scale) + 1
+    facts["pressure"]["orphans"].update(count=rng.randrange(0, 70000), limit=65536, ratio=rng.random())
+    facts["pressure"]["memory"].update(ratio_to_high=rng.random() * 1.1)
+    return facts
+
+payload = {}
+for index in range(hosts):
+    name = f"host{index:05d}.example.net"
+    kind = index % 500
+    if kind == 1:
+        payload[name] = {"unreachable": True, "msg": "Failed to connect to the host via ssh: timed out"}
+    elif kind == 2:
+        payload[name] = {"failed": True, "msg": "MODULE FAILURE", "module_stderr": "OSError: [Errno 1]"}
+    elif kind == 3:
+        bad = varied(index)
+        bad["schema"] = 0
+        del bad["pressure"]
+        payload[name] = {"ansible_facts": {"tcp_state": bad}}
+    else:
+        payload[name] = {"ansible_facts": {"tcp_state": varied(index)}}
+payload_bytes = sum(len(json.dumps(result)) for result in payload.values())
+gc.collect()
+
+def status_kib(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+
+def reset_peak():
+    # writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+rss_payload = status_kib("VmRSS")
+reset_peak()
+
+def fleet():
+    for name, result in payload.items():
+        entry = fr.host_entry(name, result=result)
+        yield entry, result.get("ansible_facts", {}).get("tcp_state") if entry["status"] == "ok" else None
+
+start = time.perf_counter()
+report = fr.build_report(fleet(), query="hosts[?severity=='critical'].name")
+aggregate = time.perf_counter() - start
+peak_aggregate = status_kib("VmHWM")
+timings = {}
+for fmt, render in fr.RENDERERS.items():
+    start = time.perf_counter()
+    size = len(render(report))
+    timings[fmt] = (time.perf_counter() - start, size)
+start = time.perf_counter()
+for entry in report["hosts"]:
+    if entry["status"] == "ok":
+        fr.render_prom(entry, report["generated_at"])
+timings["prom"] = (time.perf_counter() - start, 0)
+print(json.dumps({
+    "hosts": hosts,
+    "fleet": report["fleet"],
+    "payload_mib": payload_bytes / 2**20,
+    "aggregate_s": aggregate,
+    "renders": timings,
+    "rss_payload_mib": rss_payload / 1024,
+    "peak_aggregate_mib": peak_aggregate / 1024,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}))
+"""
+
+
+def measure(hosts=HOSTS) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(ROOT / ".build" / "collections"),
+            str(ROOT / "tests" / "unit" / "plugins" / "plugin_utils" / "fixtures"),
+            str(hosts),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    return json.loads(out)
+
+
+def run() -> str:
+    m = measure()
+    print(json.dumps(m, indent=1), flush=True)
+    fleet = m["fleet"]
+    renders = "\n".join(
+        f"| render {fmt} | {seconds:.2f} s | {size / 2**20:.1f} MiB |"
+        if size
+        else f"| render {fmt} (all hosts) | {seconds:.2f} s | |"
+        for fmt, (seconds, size) in m["renders"].items()
+    )
+    return (
+        "## fleet_report: aggregate 10,000 hosts\n\n"
+        f"{m['hosts']} synthetic hosts varied from facts recorded on real namespaces "
+        f"({fleet['ok']} ok, {fleet['malformed']} malformed, {fleet['failed']} failed, "
+        f"{fleet['unreachable']} unreachable; {m['payload_mib']:.0f} MiB of facts as JSON), "
+        "measured in a fresh subprocess.\n\n"
+        "| what | time | size |\n| --- | ---: | ---: |\n"
+        f"| aggregate (host entries + report + JMESPath query) | {m['aggregate_s']:.2f} s "
+        f"(target <= {TARGET_SECONDS:.0f} s) | |\n"
+        f"{renders}\n\n"
+        f"Memory: the process holds {m['rss_payload_mib']:.0f} MiB with the 10,000 hosts' facts loaded (as "
+        f"hostvars would); its peak during aggregation is {m['peak_aggregate_mib']:.0f} MiB "
+        f"(target <= {TARGET_MIB} MiB), so aggregation adds "
+        f"{m['peak_aggregate_mib'] - m['rss_payload_mib']:.0f} MiB. Peak over the whole run, building the "
+        f"synthetic hosts and rendering every format included: {m['peak_rss_mib']:.0f} MiB.\n"
+    )
+
+
+if __name__ == "__main__":
+    print(run())
