@@ -29,8 +29,8 @@ def current_inode(proc=PROC):
     return os.stat(os.path.join(proc, "thread-self", "ns", "net")).st_ino
 
 
-def named_namespaces(run_dir=NETNS_RUN_DIR, warnings=None):
-    """{name: inode} for the `ip netns` names in run_dir."""
+def named_namespaces(run_dir=NETNS_RUN_DIR, warnings=None, proc=PROC):
+    """{name: inode} for the `ip netns` names in run_dir that are mounted namespaces."""
     warnings = warnings if warnings is not None else []
     result = {}
     try:
@@ -40,12 +40,19 @@ def named_namespaces(run_dir=NETNS_RUN_DIR, warnings=None):
     except OSError as err:
         warnings.append(f"{run_dir}: {err.strerror or err}")
         return result
+    # Namespace files live on nsfs; a name left behind after its namespace went
+    # away is a plain empty file on the run_dir's own filesystem.
+    nsfs = os.stat(os.path.join(proc, "thread-self", "ns", "net")).st_dev
     for name in names:
         try:
-            result[name] = os.stat(os.path.join(run_dir, name)).st_ino
+            info = os.stat(os.path.join(run_dir, name))
         except OSError as err:
-            # A name left behind after its namespace went away is not mounted.
             warnings.append(f"{run_dir}/{name}: {err.strerror or err}")
+            continue
+        if info.st_dev != nsfs:
+            warnings.append(f"{run_dir}/{name}: not a mounted network namespace (stale name), skipped")
+            continue
+        result[name] = info.st_ino
     return result
 
 
@@ -59,7 +66,7 @@ def list_namespaces(proc=PROC, run_dir=NETNS_RUN_DIR, warnings=None):
     """
     warnings = warnings if warnings is not None else []
     found = {}
-    for name, inode in named_namespaces(run_dir, warnings).items():
+    for name, inode in named_namespaces(run_dir, warnings, proc).items():
         if inode not in found:
             found[inode] = {"inode": inode, "name": name, "path": os.path.join(run_dir, name)}
     denied = 0
