@@ -1,0 +1,771 @@
+"""Scenario processes: run inside a lab namespace, make real TCP states, report them, hold them.
+
+Started by the lab as ``ip netns exec <ns> python -m netstate_lab.scenario --kind K ...``.
+The process makes the sockets, checks them against /proc/net/tcp of its own namespace,
+writes a JSON report (atomically: temp file + rename) and then holds the sockets until
+SIGTERM/SIGINT or until ``--hold`` seconds have passed. Every loop is bounded in count
+and by an overall deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+IP_BIND_ADDRESS_NO_PORT = 24
+TIOCOUTQ = 0x5411
+
+# /proc/net/tcp state numbers
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+
+KINDS = (
+    "time_wait_churn",
+    "close_wait_leak",
+    "fin_wait1_zero_window",
+    "fin_wait2_orphans",
+    "listen_overflow",
+    "syn_recv",
+    "established",
+    "mix",
+)
+
+DEFAULT_COUNTS = {
+    "time_wait_churn": 100,
+    "close_wait_leak": 50,
+    "fin_wait1_zero_window": 10,
+    "fin_wait2_orphans": 50,
+    "listen_overflow": 16,
+    "syn_recv": 20,
+    "established": 50,
+    "mix": 300000,
+}
+
+COMMS = {
+    "time_wait_churn": "nsl-tw-churn",
+    "close_wait_leak": "leaky-proxy",
+    "fin_wait1_zero_window": "nsl-zero-window",
+    "fin_wait2_orphans": "nsl-fw2-orphans",
+    "listen_overflow": "nsl-slow-accept",
+    "syn_recv": "nsl-syn-recv",
+    "established": "nsl-established",
+    "mix": "nsl-mix",
+}
+
+# Seconds the kernel keeps a state by itself with default sysctls (TIME_WAIT is fixed at 60 s).
+STATE_TTL = {
+    "TIME_WAIT": 60,
+    "FIN_WAIT2": "net.ipv4.tcp_fin_timeout (orphans only)",
+    "SYN_RECV": 60,
+    "SYN_SENT": 120,
+    "FIN_WAIT1": 180,
+}
+
+SERVER_ADDR = "127.0.0.1"
+PORTS_PER_SOURCE = 30000  # explicit client ports 20000..49999 per source address
+FIRST_CLIENT_PORT = 20000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class ScenarioFailed(Exception):
+    """The scenario could not make or verify its states."""
+
+
+def set_comm(name):
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def set_pdeathsig(sig=signal.SIGTERM):
+    _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+class Deadline:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        return max(0.0, self.end - time.monotonic())
+
+    def check(self, what):
+        if time.monotonic() > self.end:
+            raise ScenarioFailed(f"timed out while {what}")
+
+
+def raise_nofile(need):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+            nr_open = int(f.read())
+    except OSError:
+        nr_open = 1048576
+    want = min(max(need, soft), nr_open)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    if want < need:
+        raise ScenarioFailed(f"needs {need} open files but fs.nr_open is {nr_open}")
+
+
+def read_sysctl(name):
+    with open("/proc/sys/" + name.replace(".", "/"), encoding="ascii") as f:
+        return f.read().strip()
+
+
+def write_sysctl(name, value):
+    with open("/proc/sys/" + name.replace(".", "/"), "w", encoding="ascii") as f:
+        f.write(str(value))
+
+
+def netstat_counter(name, section="TcpExt"):
+    with open("/proc/net/netstat", encoding="ascii") as f:
+        lines = f.read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2]):
+        keys = head.split()
+        if keys[0] != section + ":":
+            continue
+        return int(dict(zip(keys[1:], vals.split()[1:]))[name])
+    raise ScenarioFailed(f"{section}.{name} not found in /proc/net/netstat")
+
+
+def proc_tcp(ports):
+    """Count states of the sockets whose local or remote port is in ``ports`` (IPv4 /proc/net/tcp).
+
+    Returns (counts by state name, send-queue bytes by state name, timer codes by state name).
+    """
+    counts, sendq, timers = {}, {}, {}
+    ports = set(ports)
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            lport = int(fields[1][-4:], 16)
+            rport = int(fields[2][-4:], 16)
+            if lport not in ports and rport not in ports:
+                continue
+            state = TCP_STATES[int(fields[3], 16)]
+            counts[state] = counts.get(state, 0) + 1
+            tx = int(fields[4].split(":")[0], 16)
+            sendq[state] = sendq.get(state, 0) + tx
+            tr = int(fields[5].split(":")[0], 16)
+            per = timers.setdefault(state, {})
+            per[tr] = per.get(tr, 0) + 1
+    return counts, sendq, timers
+
+
+def wait_for_counts(ports, expected, deadline, exact=True, settle=10.0):
+    """Poll /proc/net/tcp until the counts match ``expected``; raise with both when they never do."""
+    end = min(time.monotonic() + settle, deadline.end)
+    while True:
+        counts, _sendq, _timers = proc_tcp(ports)
+        seen = {state: counts.get(state, 0) for state in expected}
+        if exact and seen == expected:
+            return counts
+        if not exact and all(seen[s] >= n for s, n in expected.items()):
+            return counts
+        if time.monotonic() > end:
+            raise ScenarioFailed(f"states never reached: expected {expected}, /proc/net/tcp shows {counts}")
+        time.sleep(0.05)
+
+
+class Sources:
+    """Client (address, port) pairs bound explicitly, each used once per scenario.
+
+    Explicit binds keep the kernel from reusing a TIME_WAIT 4-tuple (tcp_tw_reuse=2 on loopback)
+    and spread large counts over many 127/8 addresses so no port range runs out.
+    """
+
+    def __init__(self, block):
+        self.block = block  # second octet of the client addresses, per scenario/worker
+        self.index = 0
+
+    def next(self):
+        while True:
+            i = self.index
+            self.index += 1
+            n_addr, port = divmod(i, PORTS_PER_SOURCE)
+            if n_addr >= 250 * 250:
+                raise ScenarioFailed("ran out of client addresses")
+            addr = f"127.{self.block}.{n_addr // 250}.{n_addr % 250 + 1}"
+            return addr, FIRST_CLIENT_PORT + port
+
+
+def client_socket(sources, sndbuf=None, attempts=64):
+    """A TCP socket bound to a fresh (address, port) of ``sources``; skips pairs that are in use."""
+    for _ in range(attempts):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if sndbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        try:
+            s.bind(sources.next())
+        except OSError as exc:
+            s.close()
+            if exc.errno == errno.EADDRINUSE:
+                continue
+            raise
+        return s
+    raise ScenarioFailed("no free client address/port after 64 attempts")
+
+
+def listener(port=0, backlog=4096, rcvbuf=None):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        s.bind((SERVER_ADDR, port))
+    except OSError as exc:
+        s.close()
+        raise ScenarioFailed(f"cannot listen on {SERVER_ADDR}:{port}: {exc.strerror}") from None
+    s.listen(backlog)
+    return s
+
+
+def make_pairs(lsock, sources, count, deadline, what):
+    """``count`` connected (client, server) pairs through ``lsock``; bounded by count and deadline."""
+    pairs = []
+    dst = lsock.getsockname()
+    for i in range(count):
+        if i % 256 == 0:
+            deadline.check(what)
+        c = client_socket(sources)
+        c.connect(dst)
+        srv, _ = lsock.accept()
+        pairs.append((c, srv))
+    return pairs
+
+
+def churn_time_wait(lsock, sources, count, deadline):
+    """``count`` short connections, each closed by the client first: the client side ends in TIME_WAIT."""
+    dst = lsock.getsockname()
+    for i in range(count):
+        if i % 256 == 0:
+            deadline.check("making TIME_WAIT connections")
+        c = client_socket(sources)
+        c.connect(dst)
+        srv, _ = lsock.accept()
+        c.close()  # active close: FIN_WAIT1 -> FIN_WAIT2
+        srv.close()  # passive close: LAST_ACK -> CLOSED; the client goes TIME_WAIT
+
+
+def ensure_tw_buckets(need):
+    """Raise this namespace's net.ipv4.tcp_max_tw_buckets when ``need`` TIME_WAIT would not fit."""
+    current = int(read_sysctl("net.ipv4.tcp_max_tw_buckets"))
+    if current >= need:
+        return {}
+    new = need + 10000
+    write_sysctl("net.ipv4.tcp_max_tw_buckets", new)
+    return {"net.ipv4.tcp_max_tw_buckets": {"from": current, "to": new}}
+
+
+# --------------------------------------------------------------------------- scenarios
+# Each returns (report dict, hold-state object kept alive until the process exits, cleanup callable or None).
+
+
+def sc_time_wait_churn(args, deadline):
+    count = args.count
+    changed = ensure_tw_buckets(count + 1000)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    churn_time_wait(lsock, Sources(args.block), count, deadline)
+    expected = {"TIME_WAIT": count, "LISTEN": 1}
+    observed = wait_for_counts([port], expected, deadline)
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60},
+        "notes": "TIME_WAIT is on the client side (active closer); the kernel removes it after 60 s",
+    }
+    return report, [lsock], None
+
+
+def sc_close_wait_leak(args, deadline):
+    count = args.count
+    raise_nofile(2 * count + 256)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    for c, _srv in pairs:
+        c.shutdown(socket.SHUT_WR)  # the client sends FIN and keeps its fd: FIN_WAIT2, not an orphan
+    # the peer is its own process (comm nsl-cw-client); the proxy keeps the accepted sockets
+    child = os.fork()
+    if child == 0:
+        try:
+            set_pdeathsig(signal.SIGKILL)
+            set_comm("nsl-cw-client")
+            lsock.close()
+            for _c, srv in pairs:
+                srv.close()
+            hold([c for c, _srv in pairs], args.hold)
+        finally:
+            os._exit(0)
+    for c, _srv in pairs:
+        c.close()
+    expected = {"CLOSE_WAIT": count, "FIN_WAIT2": count, "LISTEN": 1}
+    observed = wait_for_counts([port], expected, deadline)
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "pids": {"server": os.getpid(), "client": child},
+        "owners": {"CLOSE_WAIT": os.getpid(), "FIN_WAIT2": child, "LISTEN": os.getpid()},
+        "notes": "leaky-proxy never closes accepted sockets after the peer's FIN; the client (nsl-cw-client) "
+        "shut down its sending side and keeps its fds, so FIN_WAIT2 does not time out",
+    }
+    return report, [lsock, [s for _c, s in pairs]], [child]
+
+
+def sc_fin_wait1_zero_window(args, deadline):
+    count = args.count
+    raise_nofile(2 * count + 256)
+    lsock = listener(args.port, rcvbuf=args.rcvbuf)
+    port = lsock.getsockname()[1]
+    sources = Sources(args.block)
+    receivers, per_socket = [], []
+    dst = lsock.getsockname()
+    chunk = b"x" * 65536
+    for i in range(count):
+        deadline.check(f"filling send queue {i}")
+        c = client_socket(sources, sndbuf=args.sndbuf)
+        c.connect(dst)
+        srv, _ = lsock.accept()
+        receivers.append(srv)  # never read
+        c.setblocking(False)
+        written = 0
+        quiet = 0
+        # write until the queue stays full: EAGAIN several times in a row (bounded)
+        for _ in range(10000):
+            deadline.check("filling send queue")
+            try:
+                written += c.send(chunk)
+                quiet = 0
+            except BlockingIOError:
+                quiet += 1
+                if quiet >= 5:
+                    break
+                time.sleep(0.01)
+        else:
+            raise ScenarioFailed("send queue never filled")
+        outq = struct.unpack("i", fcntl.ioctl(c.fileno(), TIOCOUTQ, b"\0\0\0\0"))[0]
+        per_socket.append({"written": written, "unacked_or_unsent": outq})
+        c.close()  # FIN queued behind the unsent bytes: FIN_WAIT1, orphaned
+    expected = {"FIN_WAIT1": count, "ESTABLISHED": count, "LISTEN": 1}
+    observed = wait_for_counts([port], expected, deadline)
+    # Send-Q settles once the receiver has ACKed what fits in its window; the FIN takes one sequence
+    # number, so Send-Q = unsent/unacked bytes + 1. Wait until two reads agree (bounded).
+    last = None
+    for _ in range(100):
+        deadline.check("waiting for FIN_WAIT1 send queues to settle")
+        counts, sendq, timers = proc_tcp([port])
+        now = (counts.get("FIN_WAIT1", 0), sendq.get("FIN_WAIT1", 0), timers.get("FIN_WAIT1", {}).get(4, 0))
+        if now == last and now[0] == count and now[2] == count:
+            break
+        last = now
+        time.sleep(0.3)
+    else:
+        raise ScenarioFailed(f"FIN_WAIT1 sockets never settled with a persist timer: (count, Send-Q, persist) {last}")
+    send_bytes = sendq.get("FIN_WAIT1", 0)
+    if send_bytes <= count:
+        raise ScenarioFailed(f"FIN_WAIT1 sockets hold no unsent data (Send-Q {send_bytes})")
+    persist = timers.get("FIN_WAIT1", {}).get(4, 0)
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "send_bytes": {"FIN_WAIT1": send_bytes},
+        "per_socket": per_socket,
+        "timers": {"FIN_WAIT1": {"persist": persist}},
+        "rcvbuf": args.rcvbuf,
+        "sndbuf": args.sndbuf,
+        "notes": "receivers (ESTABLISHED, this pid) never read; senders closed with unsent data and a zero "
+        "window: orphaned FIN_WAIT1 with the persist (zero window probe) timer; Send-Q includes the FIN",
+    }
+    return report, [lsock, receivers], None
+
+
+def sc_fin_wait2_orphans(args, deadline):
+    count = args.count
+    raise_nofile(2 * count + 256)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    for c, _srv in pairs:
+        c.close()  # client closes its fd: orphaned FIN_WAIT2 once the server ACKs the FIN
+    expected = {"FIN_WAIT2": count, "CLOSE_WAIT": count, "LISTEN": 1}
+    observed = wait_for_counts([port], expected, deadline)
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "ttl_seconds": {"FIN_WAIT2": int(read_sysctl("net.ipv4.tcp_fin_timeout"))},
+        "notes": "client fds are closed (orphans); the server never reads nor closes (CLOSE_WAIT held by this "
+        "pid); orphaned FIN_WAIT2 lasts net.ipv4.tcp_fin_timeout",
+    }
+    return report, [lsock, [s for _c, s in pairs]], None
+
+
+def sc_listen_overflow(args, deadline):
+    backlog = args.backlog
+    extra = args.count
+    raise_nofile(2 * (backlog + extra) + 256)
+    before = netstat_counter("ListenOverflows")
+    lsock = listener(args.port, backlog=backlog)
+    port = lsock.getsockname()[1]
+    sources = Sources(args.block)
+    clients = []
+    queued = backlog + 1  # the kernel queues backlog + 1 before it is full
+    for _ in range(queued):
+        c = client_socket(sources)
+        c.connect(lsock.getsockname())
+        clients.append(c)
+    for i in range(extra):
+        if i % 64 == 0:
+            deadline.check("overflowing the accept queue")
+        c = client_socket(sources)
+        c.setblocking(False)
+        err = c.connect_ex(lsock.getsockname())
+        if err not in (0, errno.EINPROGRESS):
+            raise ScenarioFailed(f"connect failed: {os.strerror(err)}")
+        clients.append(c)
+    expected = {"LISTEN": 1, "ESTABLISHED": 2 * queued, "SYN_SENT": extra}
+    observed = wait_for_counts([port], expected, deadline)
+    end = time.monotonic() + 5
+    after = netstat_counter("ListenOverflows")
+    while after - before < extra and time.monotonic() < end:
+        time.sleep(0.05)
+        after = netstat_counter("ListenOverflows")
+    if after - before < extra:
+        raise ScenarioFailed(f"ListenOverflows grew by {after - before}, expected at least {extra}")
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "backlog": backlog,
+        "accept_queue": queued,
+        "connects": queued + extra,
+        "listen_overflows": {"before": before, "after": after, "min_delta": extra},
+        "ttl_seconds": {"SYN_SENT": 127},
+        "notes": "LISTEN Recv-Q = accept queue (backlog + 1), Send-Q = backlog; dropped SYNs leave the clients in "
+        "SYN_SENT and grow TcpExt ListenOverflows with every retransmission",
+    }
+    return report, [lsock, clients], None
+
+
+def sc_syn_recv(args, deadline):
+    count = args.count
+    if not args.nft:
+        raise ScenarioFailed("syn_recv needs nft (nftables) to drop the final ACK; nft was not found")
+    somaxconn = int(read_sysctl("net.core.somaxconn"))
+    if count >= somaxconn:
+        raise ScenarioFailed(f"syn_recv count {count} must be below net.core.somaxconn ({somaxconn})")
+    raise_nofile(count + 256)
+    lsock = listener(args.port, backlog=min(somaxconn, count + 64))
+    port = lsock.getsockname()[1]
+    table = f"nsl_synrecv_{os.getpid()}"
+    rules = (
+        f"table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
+        f"  ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop\n }}\n}}\n"
+    )
+    res = subprocess.run([args.nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
+    if res.returncode:
+        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
+
+    def cleanup():
+        subprocess.run([args.nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
+
+    try:
+        sources = Sources(args.block)
+        clients = []
+        for i in range(count):
+            if i % 64 == 0:
+                deadline.check("opening half-open connections")
+            c = client_socket(sources)
+            c.settimeout(5)
+            c.connect(lsock.getsockname())  # completes on the client; the server never sees the ACK
+            clients.append(c)
+        expected = {"SYN_RECV": count, "ESTABLISHED": count, "LISTEN": 1}
+        observed = wait_for_counts([port], expected, deadline)
+    except BaseException:
+        cleanup()
+        raise
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "nft_table": f"inet {table}",
+        "ttl_seconds": {"SYN_RECV": 60},
+        "notes": "request sockets: the kernel state is NEW_SYN_RECV, sock_diag and ss report them as SYN_RECV; "
+        "the clients are ESTABLISHED; they vanish after net.ipv4.tcp_synack_retries (about 60 s)",
+    }
+    return report, [lsock, clients], cleanup
+
+
+def sc_established(args, deadline):
+    count = args.count
+    raise_nofile(2 * count + 256)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    expected = {"ESTABLISHED": 2 * count, "LISTEN": 1}
+    observed = wait_for_counts([port], expected, deadline)
+    report = {"ports": {"server": [port]}, "expected": expected, "observed": observed}
+    return report, [lsock, pairs], None
+
+
+def mix_plan(total, workers):
+    """Split ``total`` sockets: ~50% ESTABLISHED, ~33% TIME_WAIT, ~4% each CLOSE_WAIT/FIN_WAIT2, listeners."""
+    est_pairs = total // 4
+    tw = total // 3
+    cw = total // 25
+    per = []
+    for w in range(workers):
+
+        def share(n, w=w):
+            return n // workers + (1 if w < n % workers else 0)
+
+        per.append({"established_pairs": share(est_pairs), "time_wait": share(tw), "close_wait": share(cw)})
+    return per
+
+
+def mix_worker(args, w, plan, deadline, ready_w):
+    """One mix worker (a forked child): makes its share, reports on ``ready_w``, holds."""
+    set_pdeathsig(signal.SIGKILL)
+    set_comm(f"nsl-mix-w{w}")
+    result = {"ok": False}
+    keep = []
+    try:
+        raise_nofile(2 * (plan["established_pairs"] + plan["close_wait"]) + 1024)
+        base = args.port + 2 * w if args.port else 0
+        l_est = listener(base)
+        l_cw = listener(base + 1 if args.port else 0)
+        sources = Sources(args.block + w)
+        pairs = make_pairs(l_est, sources, plan["established_pairs"], deadline, "mix: connecting pairs")
+        churn_time_wait(l_est, sources, plan["time_wait"], deadline)
+        cw_pairs = make_pairs(l_cw, sources, plan["close_wait"], deadline, "mix: close_wait pairs")
+        for c, _s in cw_pairs:
+            c.shutdown(socket.SHUT_WR)
+        keep = [l_est, l_cw, pairs, cw_pairs]
+        result = {"ok": True, "ports": [l_est.getsockname()[1], l_cw.getsockname()[1]], "pid": os.getpid()}
+    except (OSError, ScenarioFailed) as exc:
+        result = {"ok": False, "error": f"worker {w}: {exc}"}
+    os.write(ready_w, (json.dumps(result) + "\n").encode())
+    os.close(ready_w)
+    if result["ok"]:
+        hold(keep, args.hold)
+
+
+def sc_mix(args, deadline):
+    workers = max(1, args.workers)
+    plans = mix_plan(args.count, workers)
+    tw_total = sum(p["time_wait"] for p in plans)
+    changed = ensure_tw_buckets(tw_total + 20000)
+    children, pipes = [], []
+    for w, plan in enumerate(plans):
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                mix_worker(args, w, plan, deadline, wfd)
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        children.append(pid)
+        pipes.append(r)
+    results = []
+    for r in pipes:
+        buf = b""
+        while not buf.endswith(b"\n"):
+            if deadline.left() <= 0:
+                raise ScenarioFailed("timed out waiting for mix workers")
+            ready, _w, _x = select.select([r], [], [], min(1.0, deadline.left()))
+            if ready:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        os.close(r)
+        results.append(json.loads(buf) if buf.strip() else {"ok": False, "error": "worker died"})
+    bad = [x["error"] for x in results if not x.get("ok")]
+    if bad:
+        stop_pids(children)
+        raise ScenarioFailed("; ".join(bad))
+    ports = [p for x in results for p in x["ports"]]
+    est = sum(p["established_pairs"] for p in plans)
+    cw = sum(p["close_wait"] for p in plans)
+    expected = {
+        "ESTABLISHED": 2 * est,
+        "TIME_WAIT": tw_total,
+        "CLOSE_WAIT": cw,
+        "FIN_WAIT2": cw,
+        "LISTEN": 2 * workers,
+    }
+    observed = wait_for_counts(ports, expected, deadline, settle=30)
+    report = {
+        "ports": {"server": ports},
+        "expected": expected,
+        "observed": observed,
+        "total": sum(expected.values()),
+        "workers": [{"pid": x["pid"], **plan} for x, plan in zip(results, plans)],
+        "pids": {"main": os.getpid(), "workers": children},
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60},
+    }
+    return report, [], children
+
+
+SCENARIOS = {
+    "time_wait_churn": sc_time_wait_churn,
+    "close_wait_leak": sc_close_wait_leak,
+    "fin_wait1_zero_window": sc_fin_wait1_zero_window,
+    "fin_wait2_orphans": sc_fin_wait2_orphans,
+    "listen_overflow": sc_listen_overflow,
+    "syn_recv": sc_syn_recv,
+    "established": sc_established,
+    "mix": sc_mix,
+}
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def hold(_keep, seconds):
+    """Keep ``_keep`` (sockets) alive until a stop signal or ``seconds`` pass."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return "hold time over"
+        if signal.sigtimedwait(_STOP_SIGNALS, min(left, 60.0)) is not None:
+            return "signal"
+
+
+def stop_pids(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + 5
+    for pid in pids:
+        while time.monotonic() < end:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.02)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def write_report(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="netstate_lab.scenario")
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--count", type=int)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--report", required=True)
+    p.add_argument("--hold", type=float, default=1800.0)
+    p.add_argument("--timeout", type=float, default=120.0, help="overall deadline to make the states")
+    p.add_argument("--block", type=int, default=0, help="second octet of client addresses (0: from pid)")
+    p.add_argument("--backlog", type=int, default=4)
+    p.add_argument("--rcvbuf", type=int, default=4096)
+    p.add_argument("--sndbuf", type=int, default=65536)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--nft", default="")
+    p.add_argument("--pdeathsig", action="store_true")
+    args = p.parse_args(argv)
+    if args.count is None:
+        args.count = DEFAULT_COUNTS[args.kind]
+    if args.count < 0 or args.count > 2000000:
+        p.error("--count must be between 0 and 2000000")
+    if not args.block:
+        args.block = 10 + os.getpid() % 200
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.pdeathsig:
+        set_pdeathsig(signal.SIGTERM)
+    set_comm(COMMS[args.kind])
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    deadline = Deadline(args.timeout)
+    started = time.monotonic()
+    children, cleanup = [], None
+    try:
+        report, keep, extra = SCENARIOS[args.kind](args, deadline)
+        if callable(extra):
+            cleanup = extra
+        elif extra:
+            children = list(extra)
+    except (ScenarioFailed, OSError) as exc:
+        write_report(args.report, {"kind": args.kind, "error": str(exc), "pid": os.getpid()})
+        print(f"netstate_lab.scenario {args.kind}: {exc}", file=sys.stderr)
+        return 3
+    pids = report.pop("pids", None)
+    report.update(
+        {
+            "kind": args.kind,
+            "pid": os.getpid(),
+            "comm": COMMS[args.kind],
+            "count": args.count,
+            "hold_seconds": args.hold,
+            "ready_seconds": round(time.monotonic() - started, 3),
+            "created_at": time.time(),
+        }
+    )
+    report["pids"] = pids or {"main": os.getpid()}
+    try:
+        write_report(args.report, report)
+        hold(keep, args.hold)
+    finally:
+        if cleanup:
+            cleanup()
+        if children:
+            stop_pids(children)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
