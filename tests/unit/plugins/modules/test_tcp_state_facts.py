@@ -1,0 +1,75 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""tcp_state_facts through the real AnsibleModule: option checks and the result shape.
+
+Successful runs read the kernel of the test process's own namespace; the
+socket counts are checked against ss(8) in tests/integration.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.netstate.tcp.plugins.modules import tcp_state_facts
+
+
+def run(args, capsys):
+    with patch_module_args(args), pytest.raises(SystemExit):
+        tcp_state_facts.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        ({"top": "many"}, ["top"]),
+        ({"top": -3}, ["top", "0 to 10000"]),
+        ({"interval": 1000}, ["interval", "0 to 300"]),
+        ({"interval": "soon"}, ["interval"]),
+        ({"owners": ["CLOSE_WAIT", "STUCK"]}, ["owners", "STUCK", "CLOSE_WAIT", "NEW_SYN_RECV"]),
+        ({"families": ["ipv4", "unix"]}, ["families", "ipv4, ipv6"]),
+        ({"namespaces": {"a": 1}}, ["namespaces", "'current', 'all'"]),
+        ({"namespaces": ["no-such-netns-for-sure"]}, ["namespaces", "no-such-netns-for-sure", "available names"]),
+        ({"thresholds": {"bogus": 1}}, ["thresholds", "bogus", "close_wait_warning"]),
+        ({"thresholds": {"close_wait_warning": True}}, ["thresholds", "close_wait_warning"]),
+        ({"frobnicate": 1}, ["frobnicate"]),
+    ],
+)
+def test_bad_options_fail_naming_option_and_valid_values(args, needles, capsys):
+    result = run(args, capsys)
+    assert result["failed"] is True
+    assert "exception" not in result
+    for needle in needles:
+        assert needle in result["msg"]
+
+
+def test_facts_in_check_mode_change_nothing(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(3)
+        port = sock.getsockname()[1]
+        result = run({"_ansible_check_mode": True, "owners": ["listen"], "top": 10000}, capsys)
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["changed"] is False
+    facts = result["ansible_facts"]
+    assert set(facts) == {"tcp_state"}
+    state = facts["tcp_state"]
+    assert state["schema"] == 1
+    mine = [item for item in state["listeners"] if item["local"] == f"127.0.0.1:{port}"]
+    assert len(mine) == 1
+    assert mine[0]["backlog"] == 3
+    assert mine[0]["owner"]["comm"]
+    assert list(state["owners"]) == ["LISTEN"]
+
+
+def test_owners_off_leaves_listeners_unowned(capsys):
+    result = run({"owners": [], "families": ["ipv4"]}, capsys)
+    state = result["ansible_facts"]["tcp_state"]
+    assert state["owners"] == {}
+    assert all(item["owner"] is None for item in state["listeners"])
+    assert all(count == 0 for count in state["families"]["ipv6"].values())
