@@ -791,7 +791,8 @@ def render_html(report: dict) -> str:
         "<h2>Orphan and memory pressure per host</h2>",
         note,
         '<div class="legend"><span><i style="background:#e15759"></i>orphans / tcp_max_orphans</span>'
-        '<span><i style="background:#4e79a7"></i>TCP memory / tcp_mem[2] (pages)</span></div>',
+        '<span><i style="background:#4e79a7"></i>TCP memory / tcp_mem[2] (pages)</span>'
+        '<span class="muted">n/a: the limit is not visible (e.g. inside a non-initial network namespace)</span></div>',
     ]
     if pressure_hosts:
         out.append(f'<div class="chart">{_svg_pressure(pressure_hosts)}</div>')
