@@ -1,0 +1,123 @@
+"""tcp_gate module: documentation vs argument spec, rejected input, a real run on this host.
+
+The module runs as Ansible runs it (a subprocess with ANSIBLE_MODULE_ARGS); every
+run asserts that no traceback reached stderr. Real-run values are compared with
+`ss` in the same namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
+from ansible_collections.netstate.tcp.plugins.modules import tcp_gate
+
+
+def argument_spec():
+    captured = {}
+
+    class Capture(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Capture
+
+    original = tcp_gate.AnsibleModule
+    tcp_gate.AnsibleModule = fake_module
+    try:
+        with pytest.raises(Capture):
+            tcp_gate.main()
+    finally:
+        tcp_gate.AnsibleModule = original
+    return captured
+
+
+def run_module(args, check=False):
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_gate", json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_documentation_matches_argument_spec():
+    doc = yaml.safe_load(tcp_gate.DOCUMENTATION)
+    spec = argument_spec()
+    assert spec["supports_check_mode"] is True
+    documented = dict(doc["options"])
+    assert "thresholds" not in documented  # documented by the netstate.tcp.thresholds fragment
+    args = dict(spec["argument_spec"])
+    assert args.pop("thresholds") == {"type": "dict"}
+    assert set(documented) == set(args)
+    for name, option in args.items():
+        assert documented[name]["type"] == option["type"], name
+        assert documented[name].get("default") == option.get("default"), name
+        assert documented[name].get("choices") == option.get("choices"), name
+    for code in CODES:  # every valid finding code is documented
+        assert f"V({code})" in tcp_gate.DOCUMENTATION
+    yaml.safe_load(tcp_gate.EXAMPLES)
+    yaml.safe_load(tcp_gate.RETURN)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"max": {"closed_wait": 1}}, "max: unknown state 'closed_wait'; valid states (case-insensitive): ESTABLISHED"),
+        ({"max": {"close_wait": -1}}, "max.CLOSE_WAIT: count must be a non-negative integer, got -1"),
+        ({"max": {"close_wait": 2.5}}, "max.CLOSE_WAIT: count must be a non-negative integer, got 2.5"),
+        ({"max": {"close_wait": True}}, "max.CLOSE_WAIT: count must be a non-negative integer, got True"),
+        ({"ports": {"70000": {"listen": 1}}}, "ports: port '70000' must be an integer within 1..65535"),
+        ({"ports": {"0": {"listen": 1}}}, "ports: port '0' must be an integer within 1..65535"),
+        ({"processes": {"java": {"wait": 1}}}, "processes.java: unknown state 'wait'"),
+        ({"ratios": {"orphans": 1.01}}, "ratios.orphans: must be a number between 0 and 1, got 1.01"),
+        ({"ratios": {"sockets": 0.5}}, "valid ratios: orphans, memory, time_wait, ephemeral_ports"),
+        ({"fail_on_codes": ["NOPE"]}, "fail_on_codes: unknown finding code 'NOPE'; valid codes: CLOSE_WAIT_LEAK"),
+        ({"fail_on_severity": "fatal"}, "fail_on_severity must be one of: warning, critical"),
+        ({"max": {"listen": 1}, "timeout": -1}, "timeout: must be a number of seconds >= 0"),
+        ({}, "nothing to check"),
+    ],
+)
+def test_invalid_input_fails_before_sampling(args, fragment):
+    result = run_module(args)
+    assert result["failed"] is True
+    assert fragment in result["msg"]
+    assert "checks" not in result  # rejected before anything was sampled
+
+
+def _ss_count(state):
+    out = subprocess.run(["ss", "-Htan", "state", state], capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+def test_real_run_in_check_mode_matches_ss():
+    listeners = _ss_count("listening")
+    result = run_module({"max": {"listen": listeners + 50, "syn-sent": 100000}}, check=True)
+    assert result["passed"] is True and result["changed"] is False, result
+    check = result["checks"][0]
+    assert check["metric"] == "LISTEN"
+    assert abs(check["value"] - listeners) <= 2  # the host may open or close a listener between the two reads
+
+
+def test_real_breach_fails_with_paragraph():
+    listeners = _ss_count("listening")
+    if listeners == 0:
+        pytest.skip("no listening socket on this host")
+    result = run_module({"max": {"LISTEN": 0}})
+    assert result["failed"] is True and result["passed"] is False
+    assert result["msg"].startswith("TCP gate failed 1 of 1 checks: LISTEN ")
+    assert " > 0" in result["msg"]
+    assert result["offenders"][0]["metric"] == "LISTEN"

@@ -1,0 +1,111 @@
+"""tcp_socket_info module: documentation vs argument spec, rejected input, a real run vs ss."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible_collections.netstate.tcp.plugins.modules import tcp_socket_info
+
+
+def argument_spec():
+    captured = {}
+
+    class Capture(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Capture
+
+    original = tcp_socket_info.AnsibleModule
+    tcp_socket_info.AnsibleModule = fake_module
+    try:
+        with pytest.raises(Capture):
+            tcp_socket_info.main()
+    finally:
+        tcp_socket_info.AnsibleModule = original
+    return captured
+
+
+def run_module(args, check=False):
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_socket_info", json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_documentation_matches_argument_spec():
+    doc = yaml.safe_load(tcp_socket_info.DOCUMENTATION)
+    spec = argument_spec()
+    assert spec["supports_check_mode"] is True
+    args = spec["argument_spec"]
+    assert set(doc["options"]) == set(args)
+    for name, option in args.items():
+        documented = doc["options"][name]
+        assert documented["type"] == option["type"], name
+        assert documented.get("default") == option.get("default"), name
+        assert documented.get("choices") == option.get("choices"), name
+        assert documented.get("elements") == option.get("elements"), name
+    yaml.safe_load(tcp_socket_info.EXAMPLES)
+    yaml.safe_load(tcp_socket_info.RETURN)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"states": ["closed"]}, "states: unknown state 'closed'; valid states: all, ESTABLISHED"),
+        ({"local_ports": [0]}, "local_ports: port must be within 1..65535, got 0"),
+        ({"peer_ports": ["9000-80"]}, "peer_ports: port range must be LOW-HIGH with LOW <= HIGH"),
+        ({"local_ports": ["http"]}, "local_ports: port must be an integer 1..65535 or a range LOW-HIGH"),
+        ({"local_addresses": ["10.0.0.1/8"]}, "local_addresses: not an IPv4/IPv6 address or CIDR: '10.0.0.1/8'"),
+        ({"peer_addresses": ["example.org"]}, "peer_addresses: not an IPv4/IPv6 address or CIDR"),
+        ({"limit": -1}, "limit: must be an integer >= 0, got -1"),
+        ({"comms": [""]}, "comms: must be non-empty process names"),
+        ({"sort": "size"}, "sort must be one of: none, state"),
+    ],
+)
+def test_invalid_input_fails_with_message(args, fragment):
+    result = run_module(args)
+    assert result["failed"] is True
+    assert fragment in result["msg"]
+
+
+def _ss_listeners():
+    out = subprocess.run(["ss", "-Htan", "state", "listening"], capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        local = line.split()[2]
+        address, _, port = local.rpartition(":")
+        address = address.strip("[]").split("%")[0]
+        found.add((str(ipaddress.ip_address(address if address != "*" else "0.0.0.0")), int(port)))
+    return found
+
+
+def test_listeners_match_ss_in_check_mode():
+    expected = _ss_listeners()
+    result = run_module({"states": ["listen"], "limit": 10000}, check=True)
+    assert result["changed"] is False
+    got = {(str(ipaddress.ip_address(s["local_address"])), s["local_port"]) for s in result["sockets"]}
+    assert got == expected
+    assert result["matched"] == len(result["sockets"]) and result["truncated"] is False
+
+
+def test_limit_zero_counts_only():
+    result = run_module({"states": ["listen"], "limit": 0})
+    assert result["sockets"] == [] and result["matched"] == len(_ss_listeners())
+    assert result["truncated"] is (result["matched"] > 0)
