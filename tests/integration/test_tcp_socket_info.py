@@ -1,0 +1,138 @@
+"""tcp_socket_info on a lab host against ss with the same filter: the same 4-tuples.
+
+The module runs inside the lab namespace as Ansible would run it (a subprocess
+with ANSIBLE_MODULE_ARGS); ss in the same namespace is the independent source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+
+import pytest
+
+from netstate_lab import Lab
+
+PYTHONPATH = os.pathsep.join(sys.path)
+
+
+def run_module(host, args):
+    payload = json.dumps({"ANSIBLE_MODULE_ARGS": args})
+    proc = host.run(
+        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_socket_info", payload],
+        env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    result = json.loads(proc.stdout)
+    assert not result.get("failed"), result
+    return result
+
+
+def _endpoint(text):
+    address, _, port = text.rpartition(":")
+    address = address.strip("[]").split("%")[0]
+    address = "0.0.0.0" if address == "*" else address
+    return ipaddress.ip_address(address), 0 if port == "*" else int(port)
+
+
+def ss_tuples(host, *args):
+    out = host.run(["ss", "-Htan", *args], check=True).stdout
+    # with one `state` ss drops the State column: local and peer are always the last two fields
+    return sorted((*_endpoint(line.split()[-2]), *_endpoint(line.split()[-1])) for line in out.splitlines() if line)
+
+
+def module_tuples(result):
+    assert result["matched"] == len(result["sockets"]), "raise the limit: the test compares every socket"
+    return sorted(
+        (
+            ipaddress.ip_address(s["local_address"]),
+            s["local_port"],
+            ipaddress.ip_address(s["peer_address"]),
+            s["peer_port"],
+        )
+        for s in result["sockets"]
+    )
+
+
+@pytest.fixture(scope="module")
+def leak_host(lab_available):
+    lab = Lab.create(hosts=1, ssh=False)
+    try:
+        host = lab.hosts[0]
+        leak = host.start_scenario("close_wait_leak", count=60)
+        est = host.start_scenario("established", count=25)
+        yield host, leak.report, est.report
+    finally:
+        lab.destroy()
+
+
+def test_state_and_local_port_like_ss(leak_host):
+    host, leak, _ = leak_host
+    (port,) = leak["ports"]["server"]
+    expected = ss_tuples(host, "state", "close-wait", f"( sport = :{port} )")
+    assert len(expected) == leak["observed"]["CLOSE_WAIT"]
+    result = run_module(host, {"states": ["close_wait"], "local_ports": [port], "limit": 1000})
+    assert module_tuples(result) == expected
+    assert {s["state"] for s in result["sockets"]} == {"CLOSE_WAIT"}
+
+
+def test_state_and_peer_port_like_ss(leak_host):
+    host, leak, _ = leak_host
+    (port,) = leak["ports"]["server"]
+    expected = ss_tuples(host, "state", "fin-wait-2", f"( dport = :{port} )")
+    assert expected
+    assert module_tuples(run_module(host, {"states": ["FIN-WAIT2"], "peer_ports": [port], "limit": 1000})) == expected
+
+
+def test_port_range_all_states_like_ss(leak_host):
+    host, _, _ = leak_host
+    low, high = 20005, 20030
+    expected = ss_tuples(host, f"( sport >= :{low} and sport <= :{high} )")
+    assert expected
+    result = run_module(host, {"local_ports": [f"{low}-{high}"], "limit": 1000})
+    assert module_tuples(result) == expected
+
+
+def test_peer_cidr_and_two_ports_like_ss(leak_host):
+    host, leak, est = leak_host
+    peers = ss_tuples(host, "state", "close-wait")
+    network = ipaddress.ip_network(f"{peers[0][2]}/16", strict=False)
+    ports = [leak["ports"]["server"][0], est["ports"]["server"][0]]
+    expected = ss_tuples(host, "dst", str(network), f"( sport = :{ports[0]} or sport = :{ports[1]} )")
+    assert expected
+    result = run_module(host, {"peer_addresses": [str(network)], "local_ports": ports, "limit": 1000})
+    assert module_tuples(result) == expected
+
+
+def test_owner_filter_like_ss_process_column(leak_host):
+    host, leak, _ = leak_host
+    out = host.run(["ss", "-Htanp"], check=True).stdout
+    expected = sorted(
+        (*_endpoint(line.split()[3]), *_endpoint(line.split()[4]))
+        for line in out.splitlines()
+        if f'"{leak["comm"]}",pid={leak["pid"]},' in line
+    )
+    assert len(expected) == leak["observed"]["CLOSE_WAIT"] + leak["observed"]["LISTEN"]
+    result = run_module(host, {"comms": [leak["comm"]], "limit": 1000})
+    assert module_tuples(result) == expected
+    assert {(s["owner"]["pid"], s["owner"]["comm"]) for s in result["sockets"]} == {(leak["pid"], leak["comm"])}
+    assert module_tuples(run_module(host, {"pids": [leak["pid"]], "limit": 1000})) == expected
+
+
+def test_limit_sort_and_details(leak_host):
+    host, _, est = leak_host
+    (port,) = est["ports"]["server"]
+    everything = ss_tuples(host, "state", "established")
+    result = run_module(
+        host, {"states": ["established"], "limit": 5, "sort": "peer_port", "details": True, "local_ports": [port]}
+    )
+    on_port = [t for t in everything if t[1] == port]
+    assert result["matched"] == len(on_port) and result["truncated"] is True
+    assert [s["peer_port"] for s in result["sockets"]] == sorted(t[3] for t in on_port)[:5]
+    for sock in result["sockets"]:
+        assert sock["tcp_info"]["cwnd"] > 0 and sock["tcp_info"]["snd_wnd"] > 0
+        assert sock["meminfo"]["rcvbuf"] > 0
+        assert sock["timer"]["kind"] in (None, "keepalive", "retransmit")
