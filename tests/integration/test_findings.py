@@ -261,8 +261,8 @@ def test_module_through_ssh_reports_findings():
             assert res.returncode == 0, res.stdout + res.stderr
             results = {}
             for line in res.stdout.splitlines():
-                alias, _, rest = line.partition(" | ")
-                status, _, payload = rest.partition(" => ")
+                alias, _sep, rest = line.partition(" | ")
+                status, _arrow, payload = rest.partition(" => ")
                 assert status.startswith("SUCCESS"), line
                 results[alias.strip()] = json.loads(payload)["ansible_facts"]["tcp_state"]
             found = by_code(results["h1"])["CLOSE_WAIT_LEAK"]

@@ -524,7 +524,7 @@ def damaged_facts(draw):
     case = draw(st.sampled_from(sorted(BASES)))
     facts = copy.deepcopy(BASES[case])
     paths = PATHS[case]
-    for _ in range(draw(st.integers(min_value=1, max_value=12))):
+    for _change in range(draw(st.integers(min_value=1, max_value=12))):
         path = paths[draw(st.integers(min_value=0, max_value=len(paths) - 1))]
         parent = facts
         try:
