@@ -375,19 +375,25 @@ def breach_paragraph(result, waited=None, samples=1):
 def run_gate(spec, sample, clock=time.monotonic, sleep=time.sleep):
     """Sample until the gate passes or `timeout` runs out (one sample without timeout).
 
-    sample() -> (facts, breakdown). Returns evaluate()'s result plus
-    samples and elapsed.
+    sample(detailed) -> (facts, breakdown). Samples taken while waiting are light
+    (no /proc/<pid>/fd pass unless a per-process check needs one); a failing gate
+    ends with one detailed sample that names the offenders. Returns evaluate()'s
+    result plus samples and elapsed.
     """
     start = clock()
     deadline = start + spec["timeout"]
     samples = 0
+    detailed = not spec["timeout"]
     while True:
-        facts, breakdown = sample()
+        facts, breakdown = sample(detailed)
         samples += 1
         result = evaluate(spec, facts, breakdown)
         now = clock()
-        if result["passed"] or now >= deadline:
+        if result["passed"] or detailed:
             break
+        if now >= deadline:
+            detailed = True  # one more sample, with the owners, to name who is behind the breach
+            continue
         sleep(min(spec["poll_interval"], deadline - now))
     result["samples"] = samples
     result["elapsed"] = round(clock() - start, 3)
@@ -449,14 +455,22 @@ def _read_comm(pid):
         return None
 
 
-def sample_host(spec, collect_facts, breakdown=socket_breakdown):
-    """One sample: (facts, breakdown) with socket-level detail only where a check needs it."""
-    facts = collect_facts({"owners": owner_states(spec), "top": TOP_OFFENDERS * 3})
+def sample_host(spec, collect_facts, detailed=True, breakdown=socket_breakdown):
+    """One sample: (facts, breakdown) with socket-level detail only where a check needs it.
+
+    The /proc/<pid>/fd pass (costly on hosts with many open files) is made only
+    for per-process checks, or when ``detailed`` to name a breach's owners.
+    """
+    findings_checked = bool(spec["fail_on_severity"] or spec["fail_on_codes"])
+    owners = owner_states(spec) if detailed and findings_checked else []
+    facts = collect_facts({"owners": owners, "top": TOP_OFFENDERS * 3})
     states = facts.get("states") or {}
     detail_states = set(breakdown_states(spec))
-    # a breached per-state maximum gets its offenders named socket by socket
-    detail_states.update(state for state, limit in spec["max"].items() if states.get(state, 0) > limit)
-    with_owners = bool(spec["processes"]) or bool(detail_states - breakdown_states(spec))
+    breached = {state for state, limit in spec["max"].items() if states.get(state, 0) > limit}
+    if detailed:
+        # a breached per-state maximum gets its offenders named socket by socket
+        detail_states.update(breached)
+    with_owners = bool(spec["processes"]) or (detailed and bool(detail_states))
     # with owners every port is counted (offenders name them); otherwise the kernel filters the ports
     ports = () if with_owners else sorted(spec["ports"])
     return facts, breakdown(sorted(detail_states), ports=ports, with_owners=with_owners)

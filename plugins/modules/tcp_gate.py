@@ -265,7 +265,7 @@ def main():
         return facts
 
     try:
-        result = _gate.run_gate(spec, lambda: _gate.sample_host(spec, collect))
+        result = _gate.run_gate(spec, lambda detailed: _gate.sample_host(spec, collect, detailed))
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_gate: cannot sample the host: {err}", passed=False, exception=traceback.format_exc())
     output = {

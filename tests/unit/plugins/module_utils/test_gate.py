@@ -248,29 +248,46 @@ class FakeClock:
 def test_run_gate_passes_when_the_leak_drains_during_the_wait():
     leak, clean = load("close_wait_leak"), load("clean")
     samples = iter([leak[:2], leak[:2], clean[:2]])
+    kinds = []
+
+    def sample(detailed):
+        kinds.append(detailed)
+        return next(samples)
+
     clock = FakeClock()
-    result = _gate.run_gate(
-        spec(max={"close_wait": 0}, timeout=60, poll_interval=5), lambda: next(samples), clock, clock.sleep
-    )
+    result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=60, poll_interval=5), sample, clock, clock.sleep)
     assert result["passed"] is True
     assert result["samples"] == 3
     assert clock.sleeps == [5, 5]
+    assert kinds == [False, False, False]  # no owner pass while waiting
 
 
 def test_run_gate_fails_after_the_timeout():
     leak = load("close_wait_leak")
     clock = FakeClock()
-    result = _gate.run_gate(
-        spec(max={"close_wait": 0}, timeout=12, poll_interval=5), lambda: leak[:2], clock, clock.sleep
-    )
+    kinds = []
+
+    def sample(detailed):
+        kinds.append(detailed)
+        return leak[:2]
+
+    result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=12, poll_interval=5), sample, clock, clock.sleep)
     assert result["passed"] is False
     assert clock.sleeps == [5, 5, 2]  # the last wait is cut to the deadline
-    assert result["samples"] == 4
-    assert "after waiting 12s (4 samples)" in _gate.breach_paragraph(result, result["elapsed"], result["samples"])
+    assert kinds == [False, False, False, False, True]  # then one detailed sample names the offenders
+    assert result["samples"] == 5
+    assert result["offenders"][0]["processes"]
+    assert "after waiting 12s (5 samples)" in _gate.breach_paragraph(result, result["elapsed"], result["samples"])
 
 
 def test_run_gate_without_timeout_samples_once():
     leak = load("close_wait_leak")
     clock = FakeClock()
-    result = _gate.run_gate(spec(max={"close_wait": 0}), lambda: leak[:2], clock, clock.sleep)
-    assert (result["passed"], result["samples"], clock.sleeps) == (False, 1, [])
+    kinds = []
+
+    def sample(detailed):
+        kinds.append(detailed)
+        return leak[:2]
+
+    result = _gate.run_gate(spec(max={"close_wait": 0}), sample, clock, clock.sleep)
+    assert (result["passed"], result["samples"], clock.sleeps, kinds) == (False, 1, [], [True])
