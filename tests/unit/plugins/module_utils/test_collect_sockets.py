@@ -1,0 +1,403 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""_collect_sockets on netlink byte streams and /proc/net/tcp text recorded from lab namespaces.
+
+Every expectation comes from the ``ss -tanoe`` output recorded at the same moment
+(fixtures/collect_sockets/*/ss.txt, see the README there), never from hard-coded numbers.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections import Counter
+
+import pytest
+from collect_sockets_fixtures import NAMES, meta, read_chunks, read_text, ss_rows
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+
+FAMILY_OF = {4: "ipv4", 16: "ipv6"}
+
+
+def decoded(name):
+    """All records of both recorded dumps with their address text, via decode_diag_stream."""
+    rows = []
+    for family in ("ipv4", "ipv6"):
+        af = cs.FAMILIES[family]
+        for rec in cs.decode_diag_stream(read_chunks(name, family), family):
+            rows.append(
+                {
+                    "state": cs.STATES[rec[cs.R_STATE] - 1],
+                    "recvq": rec[cs.R_RQUEUE],
+                    "sendq": rec[cs.R_WQUEUE],
+                    "local": (socket.inet_ntop(af, rec[cs.R_SRC]), rec[cs.R_SPORT]),
+                    "peer": (socket.inet_ntop(af, rec[cs.R_DST]), rec[cs.R_DPORT]),
+                    "timer": rec[cs.R_TIMER],
+                    "inode": rec[cs.R_INODE],
+                    "cookie": rec[cs.R_COOKIE],
+                }
+            )
+    return rows
+
+
+def aggregate(name, **kwargs):
+    m = meta(name)
+    agg = cs.SocketAggregator(
+        top=kwargs.pop("top", 10),
+        local_addresses=set(m["local_addresses"]),
+        ephemeral_range=tuple(m["ephemeral_range"]),
+        **kwargs,
+    )
+    for family in ("ipv4", "ipv6"):
+        agg.feed_netlink(family, read_chunks(name, family))
+    return agg.result()
+
+
+def aggregate_procfs(name, **kwargs):
+    m = meta(name)
+    agg = cs.SocketAggregator(
+        top=kwargs.pop("top", 10),
+        local_addresses=set(m["local_addresses"]),
+        ephemeral_range=tuple(m["ephemeral_range"]),
+        **kwargs,
+    )
+    agg.feed_procfs("ipv4", read_text(name, "tcp.txt").splitlines(True))
+    agg.feed_procfs("ipv6", read_text(name, "tcp6.txt").splitlines(True))
+    return agg.result()
+
+
+def as_multiset(rows, keys):
+    return Counter(tuple(row[k] for k in keys) for row in rows)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_records_equal_ss(name):
+    ours = decoded(name)
+    theirs = ss_rows(name)
+    assert theirs, "fixture without sockets"
+    keys = ("state", "local", "peer", "recvq", "sendq", "timer", "inode", "cookie")
+    assert as_multiset(ours, keys) == as_multiset(theirs, keys)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_counts_equal_ss(name):
+    result = aggregate(name)
+    expected = Counter(row["state"] for row in ss_rows(name))
+    assert set(result["states"]) == set(cs.STATES)
+    assert result["states"] == {state: expected.get(state, 0) for state in cs.STATES}
+    assert result["total"] == len(ss_rows(name))
+    by_family = Counter((FAMILY_OF[len(socket.inet_pton(*_af(r["local"][0])))], r["state"]) for r in ss_rows(name))
+    for family in ("ipv4", "ipv6"):
+        assert result["families"][family] == {s: by_family.get((family, s), 0) for s in cs.STATES}
+
+
+def _af(text):
+    return (socket.AF_INET6, text) if ":" in text else (socket.AF_INET, text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_queues_and_timers_equal_ss(name):
+    result = aggregate(name)
+    rows = ss_rows(name)
+    assert "LISTEN" not in result["queues"]
+    for state in cs.STATES:
+        mine = [r for r in rows if r["state"] == state]
+        if state != "LISTEN":
+            assert result["queues"][state] == {
+                "send_bytes": sum(r["sendq"] for r in mine),
+                "recv_bytes": sum(r["recvq"] for r in mine),
+            }
+        timers = Counter(r["timer"] for r in mine)
+        got = result["timers"][state]
+        assert (got["retransmit"], got["keepalive"], got["time_wait"], got["persist"]) == (
+            timers[1],
+            timers[2],
+            timers[3],
+            timers[4],
+        )
+        assert got["zero_window"] == timers[4]
+
+
+def test_fin_wait1_zero_window_scenario_report():
+    """The scenario's own report (ioctl TIOCOUTQ + /proc) agrees with the decoded dump."""
+    result = aggregate("fin_wait1_zero_window")
+    report = meta("fin_wait1_zero_window")["scenario"]
+    assert result["states"]["FIN_WAIT1"] == report["expected"]["FIN_WAIT1"]
+    assert result["queues"]["FIN_WAIT1"]["send_bytes"] == report["send_bytes"]["FIN_WAIT1"]
+    assert result["timers"]["FIN_WAIT1"]["persist"] == report["timers"]["FIN_WAIT1"]["persist"] > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_listeners_equal_ss(name):
+    result = aggregate(name, top=100)
+    expected = sorted(
+        (
+            f"[{r['local'][0]}]:{r['local'][1]}" if ":" in r["local"][0] else f"{r['local'][0]}:{r['local'][1]}",
+            r["recvq"],
+            r["sendq"],
+            r["inode"],
+        )
+        for r in ss_rows(name)
+        if r["state"] == "LISTEN"
+    )
+    got = sorted((x["local"], x["accept_queue"], x["backlog"], x["inode"]) for x in result["listeners"])
+    assert got == expected
+    fills = [x["fill"] for x in result["listeners"]]
+    assert fills == sorted(fills, reverse=True)
+    for x in result["listeners"]:
+        assert x["fill"] == pytest.approx(x["accept_queue"] / x["backlog"], abs=1e-4)
+
+
+def test_listen_overflow_fill_is_over_one():
+    """Recv-Q above the backlog is the overflow the kernel reports on LISTEN sockets."""
+    (listener,) = aggregate("listen_overflow")["listeners"]
+    row = next(r for r in ss_rows("listen_overflow") if r["state"] == "LISTEN")
+    assert listener["accept_queue"] == row["recvq"] > row["sendq"] == listener["backlog"]
+    assert listener["fill"] > 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_top_equal_ss(name):
+    top = 3
+    result = aggregate(name, top=top)
+    rows = [r for r in ss_rows(name) if r["state"] != "LISTEN"]
+    local = set(meta(name)["local_addresses"])
+    for state in {r["state"] for r in rows}:
+        mine = [r for r in rows if r["state"] == state]
+        for key, field, pick in (
+            ("by_local_port", "port", lambda r: r["local"][1]),
+            ("by_local_address", "address", lambda r: r["local"][0]),
+            ("by_peer", "address", lambda r: r["peer"][0]),
+        ):
+            expected = Counter(pick(r) for r in mine)
+            got = result["top"][key][state]
+            assert len(got) == min(top, len(expected))
+            for entry in got:
+                assert entry["count"] == expected[entry[field]]
+            counts = [e["count"] for e in got]
+            assert counts == sorted(counts, reverse=True)
+            left_out = [c for k, c in expected.items() if k not in {e[field] for e in got}]
+            assert all(c <= counts[-1] for c in left_out)
+        for entry in result["top"]["by_peer"][state]:
+            v4 = entry["address"].removeprefix("::ffff:")
+            if v4.startswith("127.") or v4 == "::1":
+                assert entry["scope"] == "loopback"
+            elif v4 in local:
+                assert entry["scope"] == "local"
+            else:
+                assert entry["scope"] == "remote"
+    assert set(result["top"]["by_local_port"]) == {r["state"] for r in rows}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_busiest_tuple_equal_ss(name):
+    result = aggregate(name)
+    rows = ss_rows(name)
+    low, high = meta(name)["ephemeral_range"]
+    listening = {r["local"][1] for r in rows if r["state"] == "LISTEN"}
+    tuples = Counter(
+        (r["local"][0], r["peer"][0], r["peer"][1])
+        for r in rows
+        if r["state"] != "LISTEN" and low <= r["local"][1] <= high and r["local"][1] not in listening
+    )
+    busiest = result["_busiest_tuple"]
+    if not tuples:
+        assert busiest["count"] == 0
+        return
+    assert busiest["count"] == max(tuples.values())
+    assert tuples[(busiest["local_address"], busiest["peer_address"], busiest["peer_port"])] == busiest["count"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_owner_inodes_and_tracked_equal_ss(name):
+    result = aggregate(name, owner_states=("CLOSE_WAIT", "LISTEN"), track_states=("FIN_WAIT1", "CLOSE_WAIT"))
+    rows = ss_rows(name)
+    for state in ("CLOSE_WAIT", "LISTEN"):
+        expected = Counter(r["inode"] for r in rows if r["state"] == state and r["inode"])
+        assert result["_owner_inodes"][state] == dict(expected)
+    expected_tracked = {
+        r["cookie"]: (r["state"], r["sendq"]) for r in rows if r["state"] in ("FIN_WAIT1", "CLOSE_WAIT")
+    }
+    assert result["_tracked"] == expected_tracked
+
+
+def test_close_wait_leak_has_owner_inodes():
+    result = aggregate("close_wait_leak", owner_states=("CLOSE_WAIT",))
+    expected = meta("close_wait_leak")["scenario"]["expected"]["CLOSE_WAIT"]
+    assert sum(result["_owner_inodes"]["CLOSE_WAIT"].values()) == expected > 0
+
+
+def test_syn_recv_request_sockets_reported_as_syn_recv():
+    """With the all-states mask the kernel dumps request sockets (TCP_NEW_SYN_RECV) as SYN_RECV."""
+    result = aggregate("syn_recv")
+    report = meta("syn_recv")["scenario"]
+    assert result["states"]["SYN_RECV"] == report["expected"]["SYN_RECV"] > 0
+    assert result["states"]["NEW_SYN_RECV"] == 0
+    assert result["timers"]["SYN_RECV"]["retransmit"] == result["states"]["SYN_RECV"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_procfs_equals_netlink(name):
+    nl = aggregate(name, owner_states=("CLOSE_WAIT",))
+    pf = aggregate_procfs(name, owner_states=("CLOSE_WAIT",))
+    for key in ("states", "families", "total", "queues", "top", "_busiest_tuple", "_owner_inodes"):
+        assert pf[key] == nl[key], key
+    assert pf["timers"] == nl["timers"]
+    assert sorted((x["local"], x["accept_queue"], x["inode"]) for x in pf["listeners"]) == sorted(
+        (x["local"], x["accept_queue"], x["inode"]) for x in nl["listeners"]
+    )
+    assert all(x["backlog"] is None and x["fill"] is None for x in pf["listeners"])
+    if pf["listeners"]:
+        assert any("backlog" in w for w in pf["warnings"])
+
+
+def test_ipv6_mapped_addresses():
+    result = aggregate("ipv6_mapped")
+    rows = ss_rows("ipv6_mapped")
+    mapped = [r for r in rows if r["local"][0].startswith("::ffff:")]
+    assert mapped, "the fixture has IPv4-mapped sockets"
+    peers = {e["address"]: e for state in result["top"]["by_peer"] for e in result["top"]["by_peer"][state]}
+    assert peers["::ffff:127.0.0.1"]["scope"] == "loopback"
+    assert result["families"]["ipv6"]["ESTABLISHED"] == sum(
+        1 for r in rows if ":" in r["local"][0] and r["state"] == "ESTABLISHED"
+    )
+    assert result["queues"]["ESTABLISHED"]["recv_bytes"] == sum(r["recvq"] for r in rows if r["state"] == "ESTABLISHED")
+
+
+def test_parse_attrs_inet_diag_info():
+    """With INET_DIAG_INFO requested each full socket carries a tcp_info whose first byte is its state."""
+    records = list(cs.decode_diag_stream(read_chunks("established", "ipv4_info"), "ipv4", with_attrs=True))
+    assert len(records) == sum(1 for r in ss_rows("established") if ":" not in r["local"][0])
+    for rec in records:
+        attrs = cs.parse_attrs(rec[cs.R_ATTRS])
+        info = attrs[cs.INET_DIAG_INFO]
+        assert len(info) >= 104  # struct tcp_info up to tcpi_total_retrans
+        assert info[0] == rec[cs.R_STATE]
+    plain = list(cs.decode_diag_stream(read_chunks("established", "ipv4"), "ipv4"))
+    assert all(rec[cs.R_ATTRS] is None for rec in plain)
+    assert cs.parse_attrs(None) == {}
+
+
+# ---------------------------------------------------------------------------
+# end of dump, errors, truncation (messages built with the kernel's layouts)
+
+
+def nlmsg(typ, payload=b"", flags=cs.NLM_F_MULTI, seq=1):
+    return struct.pack("=IHHII", 16 + len(payload), typ, flags, seq, 0) + payload
+
+
+def test_error_message_enoent_is_unavailable():
+    chunk = nlmsg(cs.NLMSG_ERROR, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
+    with pytest.raises(cs.DiagUnavailable):
+        list(cs.decode_diag_stream([chunk], "ipv4"))
+    with pytest.raises(cs.DiagUnavailable):
+        cs.SocketAggregator().feed_netlink("ipv4", [chunk])
+
+
+def test_error_message_einval_is_error():
+    chunk = nlmsg(cs.NLMSG_ERROR, struct.pack("=i", -errno.EINVAL) + b"\0" * 16)
+    with pytest.raises(cs.DiagError, match="Invalid argument"):
+        list(cs.decode_diag_stream([chunk], "ipv6"))
+
+
+def test_done_with_error_code():
+    with pytest.raises(cs.DiagError):
+        list(cs.decode_diag_stream([nlmsg(cs.NLMSG_DONE, struct.pack("=i", -errno.ENOBUFS))], "ipv4"))
+    assert list(cs.decode_diag_stream([nlmsg(cs.NLMSG_DONE, struct.pack("=i", 0))], "ipv4")) == []
+
+
+def test_stream_without_done_is_error():
+    chunks = read_chunks("close_wait_leak", "ipv4")
+    assert len(chunks) >= 1
+    with pytest.raises(cs.DiagError, match="without NLMSG_DONE"):
+        list(cs.decode_diag_stream([*chunks[:-1], chunks[-1][:-20]], "ipv4"))
+
+
+def test_truncated_last_message_is_error():
+    chunks = read_chunks("time_wait_churn", "ipv4")
+    assert len(chunks) > 1, "a multi-part dump"
+    cut = chunks[0][: len(chunks[0]) - 40]
+    with pytest.raises(cs.DiagError, match="does not fit"):
+        list(cs.decode_diag_stream([cut, *chunks[1:]], "ipv4"))
+    with pytest.raises(cs.DiagError, match="does not fit"):
+        cs.SocketAggregator().feed_netlink("ipv4", [cut, *chunks[1:]])
+
+
+def test_short_diag_message_is_skipped_with_warning():
+    chunks = read_chunks("established", "ipv4")
+    short = nlmsg(cs.SOCK_DIAG_BY_FAMILY, b"\0" * 20)
+    warnings = []
+    records = list(cs.decode_diag_stream([short, *chunks], "ipv4", warnings=warnings))
+    assert len(records) == len(list(cs.decode_diag_stream(chunks, "ipv4")))
+    assert warnings and "skipped" in warnings[0]
+    agg = cs.SocketAggregator()
+    agg.feed_netlink("ipv4", [short, *chunks])
+    assert any("skipped" in w for w in agg.result()["warnings"])
+
+
+def test_multipart_dump_spans_datagrams():
+    chunks = read_chunks("time_wait_churn", "ipv4")
+    assert len(chunks) > 1
+    total = sum(1 for _ in cs.decode_diag_stream(chunks, "ipv4"))
+    assert total == sum(1 for r in ss_rows("time_wait_churn") if ":" not in r["local"][0])
+
+
+# ---------------------------------------------------------------------------
+# options and helpers
+
+
+def test_state_mask():
+    assert cs.state_mask(None) == cs.ALL_STATES_MASK == sum(1 << n for n in range(1, 13))
+    assert cs.state_mask(["LISTEN"]) == 1 << 10
+    assert cs.state_mask("fin-wait1") == 1 << 4
+    assert cs.state_mask(["SYN_RECV"]) == (1 << 3) | (1 << 12)
+    with pytest.raises(ValueError, match="valid states: ESTABLISHED"):
+        cs.state_mask(["NOPE"])
+
+
+def test_build_request_layout():
+    req = cs.build_request("ipv6", cs.state_mask(["LISTEN"]), 2, b"\1\2\3\4\5")
+    length, typ, flags, _seq, _pid = struct.unpack_from("=IHHII", req)
+    assert (length, typ, flags) == (len(req), cs.SOCK_DIAG_BY_FAMILY, cs.NLM_F_REQUEST | cs.NLM_F_DUMP)
+    family, proto, ext, _pad, states = struct.unpack_from("=BBBBI", req, 16)
+    assert (family, proto, ext, states) == (socket.AF_INET6, socket.IPPROTO_TCP, 2, 1 << 10)
+    assert req[24:72] == b"\0" * 48  # zeroed inet_diag_sockid
+    attr_len, attr_type = struct.unpack_from("=HH", req, 72)
+    assert (attr_len, attr_type) == (9, cs.INET_DIAG_REQ_BYTECODE)
+    assert req[76:81] == b"\1\2\3\4\5" and len(req) % 4 == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"families": ["ipv5"]}, "families: unknown family 'ipv5'; valid families: ipv4, ipv6"),
+        ({"top": -1}, "top: must be a non-negative integer"),
+        ({"top": True}, "top: must be a non-negative integer"),
+        ({"owner_states": ["CLOSEWAIT"]}, "owner_states: unknown TCP state 'CLOSEWAIT'; valid states"),
+        ({"track_states": ["x"]}, "track_states: unknown TCP state"),
+    ],
+)
+def test_collect_sockets_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        cs.collect_sockets(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("text", "scope"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.9.8.7", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("192.0.2.7", "local"),
+        ("::ffff:192.0.2.7", "local"),
+        ("2001:db8::1", "local"),
+        ("198.51.100.1", "remote"),
+        ("::ffff:198.51.100.1", "remote"),
+    ],
+)
+def test_address_scope(text, scope):
+    assert cs.address_scope(text, {"192.0.2.7", "2001:db8::1"}) == scope
