@@ -69,7 +69,8 @@ def normalize_options(params=None):
     if not isinstance(owners, (list, tuple)):
         raise ValueError(f"owners: must be a list of TCP states (valid: {', '.join(STATES)}), got {owners!r}")
     owner_states = []
-    for name in owners:
+    # `-a owners=` arrives as [""]: blank entries mean nothing.
+    for name in (item for item in owners if not (isinstance(item, str) and not item.strip())):
         state = normalize_state(name)
         if state not in owner_states:
             owner_states.append(state)

@@ -103,6 +103,8 @@ def test_states_are_case_insensitive_and_accept_dashes():
     options = _facts.normalize_options({"owners": ["close-wait", "Listen", "CLOSE_WAIT", "fin_wait1"]})
     assert options["owners"] == ["CLOSE_WAIT", "LISTEN", "FIN_WAIT1"]
     assert _facts.normalize_options({"owners": []})["owners"] == []
+    # `-a owners=` on the command line arrives as [""]: the scan is off.
+    assert _facts.normalize_options({"owners": [""]})["owners"] == []
 
 
 def test_namespaces_forms():
