@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -18,7 +19,26 @@ import pytest
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners as co
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-PROC = os.path.join(FIXTURES, "proc", "netns_close_wait_leak")
+RECORDED = os.path.join(FIXTURES, "proc", "netns_close_wait_leak")
+
+
+def materialize_proc(recorded, target):
+    """The recorded tree with each <pid>/fd.json turned back into fd/ symlinks (socket:[inode])."""
+    shutil.copytree(recorded, target)
+    for entry in os.listdir(target):
+        links_path = os.path.join(target, entry, "fd.json")
+        if os.path.exists(links_path):
+            with open(links_path) as handle:
+                links = json.load(handle)
+            os.makedirs(os.path.join(target, entry, "fd"))
+            for fd, link in links.items():
+                os.symlink(link, os.path.join(target, entry, "fd", fd))
+    return target
+
+
+@pytest.fixture(scope="module")
+def proc(tmp_path_factory):
+    return materialize_proc(RECORDED, str(tmp_path_factory.mktemp("proc") / "tree"))
 
 
 def load(*parts):
@@ -36,11 +56,11 @@ def sockets():
     return load("sockets", "close_wait_leak_2.json")
 
 
-def test_close_wait_owner_is_the_scenario_process(report, sockets):
+def test_close_wait_owner_is_the_scenario_process(report, sockets, proc):
     owner_inodes = sockets["_owner_inodes"]
     listener_inodes = [item["inode"] for item in sockets["listeners"]]
     warnings = []
-    owners, listener_owner = co.find_owners(owner_inodes, listener_inodes, top=10, proc=PROC, warnings=warnings)
+    owners, listener_owner = co.find_owners(owner_inodes, listener_inodes, top=10, proc=proc, warnings=warnings)
     assert warnings == []
     (leaker,) = owners["CLOSE_WAIT"]
     assert leaker["pid"] == report["owners"]["CLOSE_WAIT"]
@@ -54,19 +74,16 @@ def test_close_wait_owner_is_the_scenario_process(report, sockets):
     assert listener_owner[inode] == {"pid": report["owners"]["LISTEN"], "comm": "leaky-proxy"}
 
 
-def test_only_wanted_inodes_count(report, sockets):
+def test_only_wanted_inodes_count(report, sockets, proc):
     # The FIN_WAIT2 client holds sockets too, but nobody asked for FIN_WAIT2.
-    owners, listener_owner = co.find_owners({"CLOSE_WAIT": sockets["_owner_inodes"]["CLOSE_WAIT"][:5]}, proc=PROC)
+    owners, listener_owner = co.find_owners({"CLOSE_WAIT": sockets["_owner_inodes"]["CLOSE_WAIT"][:5]}, proc=proc)
     assert [(item["pid"], item["sockets"]) for item in owners["CLOSE_WAIT"]] == [(report["pid"], 5)]
     assert listener_owner == {}
     client = str(report["pids"]["client"])
-    client_inodes = {
-        int(os.readlink(os.path.join(PROC, client, "fd", fd))[8:-1])
-        for fd in os.listdir(os.path.join(PROC, client, "fd"))
-        if os.readlink(os.path.join(PROC, client, "fd", fd)).startswith("socket:[")
-    }
+    with open(os.path.join(RECORDED, client, "fd.json")) as handle:
+        client_inodes = {int(link[8:-1]) for link in json.load(handle).values()}
     assert len(client_inodes) >= report["observed"]["FIN_WAIT2"]
-    owners, _ = co.find_owners({"FIN_WAIT2": sorted(client_inodes)}, proc=PROC)
+    owners, _ = co.find_owners({"FIN_WAIT2": sorted(client_inodes)}, proc=proc)
     assert owners["FIN_WAIT2"][0]["pid"] == report["pids"]["client"]
 
 
@@ -126,7 +143,7 @@ def test_container_id(path, expected):
 
 
 def test_cgroup_prefers_v2_then_systemd():
-    with open(os.path.join(PROC, "15111", "cgroup")) as handle:
+    with open(os.path.join(RECORDED, "15111", "cgroup")) as handle:
         recorded = handle.read()
     v2 = next(line.split(":", 2)[2] for line in recorded.splitlines() if line.startswith("0::"))
     assert co.parse_cgroup(recorded) == v2
