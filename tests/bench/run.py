@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         print(f"== {path.stem}", flush=True)
         try:
             sections.append(load(path).run().rstrip() + "\n")
-        except Exception:  # noqa: BLE001 - one broken bench must not hide the others' numbers
+        except Exception:  # one broken bench must not hide the others' numbers
             traceback.print_exc()
             failed.append(path.stem)
             sections.append(f"## {path.stem}\n\nFailed in this run; see the bench output.\n")
