@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import itertools
 import os
 import socket
 import struct
@@ -398,11 +399,9 @@ def address_scope(text, local_addresses):
 
 
 def _addr_text(key):
-    """Address key (int: IPv4 read as native int; bytes: packed; str: /proc IPv6 hex) -> text."""
+    """Address key (int: IPv4 bytes read as a native int; bytes: packed IPv6) -> text."""
     if isinstance(key, int):
         return socket.inet_ntop(socket.AF_INET, struct.pack("=I", key))
-    if isinstance(key, str):
-        key = _procfs_v6_bytes(key)
     if len(key) == 4:
         return socket.inet_ntop(socket.AF_INET, key)
     return socket.inet_ntop(socket.AF_INET6, key)
@@ -438,7 +437,9 @@ class SocketAggregator:
         self.recv_bytes = [0] * 256
         self.timers = [0] * 65536  # (state << 8) | idiag_timer
         self.max_retrans = [0] * 256
-        self.by_port = [defaultdict(int) for _ in range(256)]
+        # Local-port counts in a flat list indexed (state << 16) | wire port: a list slot is
+        # much cheaper than a dict insert when ephemeral ports make most keys distinct.
+        self.port_counts = [0] * ((ST_NEW_SYN_RECV + 1) << 16)
         self.by_local = [defaultdict(int) for _ in range(256)]
         self.by_peer = [defaultdict(int) for _ in range(256)]
         self.tuples = defaultdict(int)  # (src, dst, wire dport) of sockets on an ephemeral local port
@@ -449,7 +450,9 @@ class SocketAggregator:
             self.ephemeral[_SWAP16[port]] = 1
         self.owner_inodes = {}
         self.tracked = {}
-        self.special = bytearray(256)  # 1: owner and/or tracked bookkeeping for this state
+        # Per state number: 0 plain, 1 LISTEN/owner/tracked bookkeeping, 2 not a TCP state.
+        self.special = bytearray([2]) + bytearray(len(STATES)) + bytearray([2] * (255 - len(STATES)))
+        self.unknown_states = 0
         self.owner_tables = [None] * 256
         self.track_names = [None] * 256
         for name in owner_states:
@@ -475,9 +478,10 @@ class SocketAggregator:
         need = hot.size
         counts = self.family_counts["ipv4" if fam == socket.AF_INET else "ipv6"]
         send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
-        by_port, by_local, by_peer, tuples = self.by_port, self.by_local, self.by_peer, self.tuples
+        port_counts, by_local, by_peer, tuples = self.port_counts, self.by_local, self.by_peer, self.tuples
         ephemeral, special = self.ephemeral, self.special
-        seen = 0
+        diag_type = SOCK_DIAG_BY_FAMILY
+        before = sum(counts)
         for chunk in chunks:
             n = len(chunk)
             off = 0
@@ -486,7 +490,7 @@ class SocketAggregator:
                     ln, typ, st, timer, retrans, sport, dport, src, dst, cookie, rq, wq, ino = unpack(chunk, off)
                 except struct.error:
                     ln = typ = -1
-                if typ != SOCK_DIAG_BY_FAMILY or ln < need or off + ln > n:
+                if typ != diag_type or ln < need or off + ln > n:
                     # Rare path: end/error messages, short or corrupt messages.
                     if n - off < 16:
                         raise DiagError(f"netlink dump: {n - off} trailing bytes, not a message header")
@@ -496,17 +500,21 @@ class SocketAggregator:
                     if typ == SOCK_DIAG_BY_FAMILY:
                         self.warnings.append(f"netlink dump: skipped a {ln}-byte diag message (needs {need})")
                     elif _check_end(chunk, off, ln, typ):
-                        return seen
+                        return sum(counts) - before
                     off += (ln + 3) & ~3
                     continue
                 off += (ln + 3) & ~3
-                seen += 1
-                counts[st] += 1
                 if special[st]:
+                    if special[st] == 2:
+                        self.unknown_states += 1
+                        continue
                     if st == ST_LISTEN:
+                        counts[st] += 1
+                        # LISTEN "queues" are not bytes: rqueue is the accept-queue length, wqueue the backlog.
                         self._add_listener(src, sport, rq, wq, ino)
                         continue
                     self._special(st, ino, cookie, wq)
+                counts[st] += 1
                 if wq:
                     send_bytes[st] += wq
                 if rq:
@@ -515,7 +523,7 @@ class SocketAggregator:
                     timers[(st << 8) | timer] += 1
                     if retrans > max_retrans[st]:  # noqa: PLR1730 - max() is slower in the hot loop
                         max_retrans[st] = retrans
-                by_port[st][sport] += 1
+                port_counts[(st << 16) | sport] += 1
                 by_local[st][src] += 1
                 by_peer[st][dst] += 1
                 if ephemeral[sport]:
@@ -556,7 +564,7 @@ class SocketAggregator:
         counts = self.family_counts["ipv4" if v4 else "ipv6"]
         swap = _SWAP16
         send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
-        by_port, by_local, by_peer, tuples = self.by_port, self.by_local, self.by_peer, self.tuples
+        port_counts, by_local, by_peer, tuples = self.port_counts, self.by_local, self.by_peer, self.tuples
         ephemeral, special = self.ephemeral, self.special
         addr_len = 8 if v4 else 32
         seen = skipped = 0
@@ -577,15 +585,23 @@ class SocketAggregator:
                 wq, rq, timer = int(txq, 16), int(rxq, 16), int(timer_s, 16)
                 retrans = int(f[6], 16) if timer != 4 else int(f[8])
                 ino = int(f[9])
-                sport = swap[int(sport_hex, 16)]
-                dport = swap[int(dport_hex, 16)]
+                sport_host, dport_host = int(sport_hex, 16), int(dport_hex, 16)
                 if v4:
                     src, dst = int(src_hex, 16), int(dst_hex, 16)
                 else:
-                    src, dst = src_hex, dst_hex
-                if not 0 < st < 256 or timer > 255 or min(wq, rq, retrans, ino) < 0:
+                    # Packed once here: the text keys would need the same check anyway.
+                    src, dst = _procfs_v6_bytes(src_hex), _procfs_v6_bytes(dst_hex)
+                if (
+                    not 0 < st <= ST_NEW_SYN_RECV
+                    or not 0 <= timer <= 255
+                    or min(wq, rq, retrans, ino, sport_host, dport_host) < 0
+                    or (v4 and min(src, dst) < 0)
+                ):
                     raise ValueError("field out of range")
-            except (ValueError, IndexError) as exc:
+                sport, dport = swap[sport_host], swap[dport_host]
+            except (ValueError, IndexError, struct.error) as exc:
+                if not line.strip():
+                    continue  # a blank line is not a socket
                 skipped += 1
                 if first_bad is None:
                     first_bad = f"line {lineno + 1}: {exc}"
@@ -604,10 +620,10 @@ class SocketAggregator:
             if rq:
                 recv_bytes[st] += rq
             if timer:
-                timers[(st << 8) | min(timer, 255)] += 1
+                timers[(st << 8) | timer] += 1
                 if retrans > max_retrans[st]:  # noqa: PLR1730 - max() is slower in the hot loop
                     max_retrans[st] = retrans
-            by_port[st][sport] += 1
+            port_counts[(st << 16) | sport] += 1
             by_local[st][src] += 1
             by_peer[st][dst] += 1
             if ephemeral[sport]:
@@ -626,12 +642,8 @@ class SocketAggregator:
 
     # -- result ------------------------------------------------------------
     def _top_addresses(self, table, with_scope):
-        merged = defaultdict(int)
-        for raw, count in table.items():
-            # /proc IPv6 hex: normalised to packed bytes once per distinct key.
-            merged[_procfs_v6_bytes(raw) if isinstance(raw, str) else raw] += count
         out = []
-        for key, count in heapq.nlargest(self.top, merged.items(), key=lambda kv: kv[1]):
+        for key, count in heapq.nlargest(self.top, table.items(), key=lambda kv: kv[1]):
             text = _addr_text(key)
             row = {"address": text, "count": count}
             if with_scope:
@@ -666,10 +678,11 @@ class SocketAggregator:
             }
             if not states[name] or st == ST_LISTEN:
                 continue
-            ports = self.by_port[st]
+            ports = self.port_counts[st << 16 : (st + 1) << 16]
+            used = itertools.compress(range(65536), ports)  # only ports with sockets, at C speed
             top["by_local_port"][name] = [
-                {"port": _SWAP16[port], "count": count}
-                for port, count in heapq.nlargest(self.top, ports.items(), key=lambda kv: kv[1])
+                {"port": _SWAP16[port], "count": ports[port]}
+                for port in heapq.nlargest(self.top, used, key=ports.__getitem__)
             ]
             top["by_local_address"][name] = self._top_addresses(self.by_local[st], False)
             top["by_peer"][name] = self._top_addresses(self.by_peer[st], True)
@@ -677,7 +690,7 @@ class SocketAggregator:
         for _key, accept_queue, _seq, src, wire_port, backlog, fill, inode in sorted(self.listeners, reverse=True):
             listeners.append(
                 {
-                    "local": _endpoint(src if not isinstance(src, str) else _procfs_v6_bytes(src), wire_port),
+                    "local": _endpoint(src, wire_port),
                     "accept_queue": accept_queue,
                     "backlog": backlog,
                     "fill": fill,
@@ -694,6 +707,8 @@ class SocketAggregator:
                 "count": count,
             }
         warnings = list(self.warnings)
+        if self.unknown_states:
+            warnings.append(f"netlink dump: skipped {self.unknown_states} record(s) with an unknown TCP state")
         if not self.listen_backlog_known:
             warnings.append("listeners: /proc/net/tcp does not show the listen backlog; backlog and fill are null")
         return {
