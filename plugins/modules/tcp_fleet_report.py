@@ -22,7 +22,7 @@ description:
     and points the C(latest) symbolic link there.
   - C(playbooks/audit.yml) of this collection runs the whole audit.
 author:
-  - netstate.tcp developers
+  - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
 attributes:
