@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Runs on the controller only. Reads, for each host of O(hosts), the result that
     M(netstate.tcp.tcp_state_facts) registered under O(result_var) (or C(ansible_facts.tcp_state)
-    from hostvars) and builds one fleet report in Python, O(hosts), without Jinja loops over hosts.
+    from hostvars) and builds one fleet report in Python, in time linear in the number of hosts, without Jinja loops.
   - The report holds fleet totals per TCP state and per finding code, one entry per host ordered by
     worst severity, the findings grouped by code with their hosts, the worst offenders across hosts
     (local ports, processes, peers), and the unreachable, failed and malformed hosts with their error.
