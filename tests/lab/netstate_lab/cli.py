@@ -49,6 +49,8 @@ def cmd_up(args):
         keeper += ["--state-dir", state_dir]
     if args.no_ssh:
         keeper.append("--no-ssh")
+    if args.unreachable_json:
+        keeper += ["--unreachable-json", args.unreachable_json]
     env = dict(os.environ)
     parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -77,8 +79,17 @@ def cmd_up(args):
 def cmd_keep(args):
     """The keeper: create the lab, print its summary on stdout (one line), hold it, destroy it."""
     try:
-        lab = Lab.create(hosts=args.hosts, ssh=not args.no_ssh, state_dir=args.state_dir, ssh_port=args.ssh_port)
-    except (LabError, OSError, subprocess.SubprocessError) as exc:
+        unreachable = json.loads(args.unreachable_json) if args.unreachable_json else []
+        if not isinstance(unreachable, list):
+            raise LabError("--unreachable-json must be a JSON list")
+        lab = Lab.create(
+            hosts=args.hosts,
+            ssh=not args.no_ssh,
+            state_dir=args.state_dir,
+            ssh_port=args.ssh_port,
+            unreachable=unreachable,
+        )
+    except (LabError, OSError, ValueError, subprocess.SubprocessError) as exc:
         sys.stdout.write(json.dumps({"error": str(exc)}) + "\n")
         sys.stdout.flush()
         return EXIT_ERROR
@@ -166,6 +177,10 @@ def build_parser():
     up.add_argument("--no-ssh", action="store_true", help="bare namespaces without sshd")
     up.add_argument("--ssh-port", type=int, default=22)
     up.add_argument("--ttl", type=float, default=7200.0, help="destroy the lab by itself after this many seconds")
+    up.add_argument(
+        "--unreachable-json",
+        help='extra unreachable inventory hosts, JSON list of names or {"name", "groups", "vars"}',
+    )
     up.set_defaults(func=cmd_up)
 
     keep = sub.add_parser("_keep", help=argparse.SUPPRESS)
@@ -174,6 +189,7 @@ def build_parser():
     keep.add_argument("--no-ssh", action="store_true")
     keep.add_argument("--ssh-port", type=int, default=22)
     keep.add_argument("--ttl", type=float, default=7200.0)
+    keep.add_argument("--unreachable-json")
     keep.set_defaults(func=cmd_keep)
 
     down = sub.add_parser("down", help="destroy a lab")

@@ -437,6 +437,19 @@ class LabHost:
         return f"<LabHost {self.alias} {self.name}>"
 
 
+def _unreachable_entry(u):
+    if isinstance(u, str):
+        u = {"name": u}
+    if not isinstance(u, dict) or not isinstance(u.get("name"), str) or not u["name"]:
+        raise LabError(f"unreachable entries are names or {{name, groups, vars}} mappings, got {u!r}")
+    extra = set(u) - {"name", "groups", "vars"}
+    if extra:
+        raise LabError(
+            f"unknown keys in unreachable entry {u['name']}: {', '.join(sorted(extra))}; valid: groups, vars"
+        )
+    return {"name": u["name"], "groups": list(u.get("groups", ["lab"])), "vars": dict(u.get("vars", {}))}
+
+
 def _scenario_from(host, sd, report):
     return Scenario(
         host, sd["kind"], sd["pid"], sd["start"], report=report, report_path=sd["report_path"], log_path=sd["log_path"]
@@ -471,6 +484,7 @@ class Lab:
         self.scenarios = []
         self.destroyed = False
         self._procs = []
+        self.unreachable = []
 
     # ---- paths
     @property
@@ -513,11 +527,16 @@ class Lab:
 
     # ---- create
     @classmethod
-    def create(cls, hosts=1, ssh=True, *, state_dir=None, ssh_port=22, pdeathsig=True, register_atexit=True):
+    def create(
+        cls, hosts=1, ssh=True, *, state_dir=None, ssh_port=22, pdeathsig=True, register_atexit=True, unreachable=()
+    ):
         """Create ``hosts`` lab hosts (namespaces ``nsl-<6 hex>-h1``...), with sshd when ``ssh``.
 
         pdeathsig: sshd and scenario processes get SIGTERM when the creating thread exits.
+        unreachable: extra inventory hosts nobody answers for (names or {name, groups, vars}); they go
+        into group ``lab_unreachable`` and, unless ``groups`` says otherwise, into ``lab``.
         """
+        unreachable = [_unreachable_entry(u) for u in unreachable]
         if not 1 <= int(hosts) <= 64:
             raise LabError(f"hosts must be between 1 and 64, got {hosts}")
         check_prerequisites(BASE_TOOLS + (SSH_TOOLS if ssh else ()), purpose="lab hosts" + (" with ssh" if ssh else ""))
@@ -558,6 +577,7 @@ class Lab:
             owner_start=proc_start(os.getpid()),
             pdeathsig=pdeathsig,
         )
+        lab.unreachable = unreachable
         lab._register()
         if register_atexit:
             atexit.register(lab._atexit)
@@ -720,7 +740,18 @@ class Lab:
                 "  LogLevel ERROR",
                 "",
             ]
-        inventory = {"all": {"children": {"lab": {"hosts": hosts}}}}
+        children = {"lab": {"hosts": hosts}}
+        for u in self.unreachable:
+            for group in ["lab_unreachable", *u["groups"]]:
+                children.setdefault(group, {"hosts": {}})["hosts"][u["name"]] = {
+                    "ansible_host": "127.0.0.1",
+                    "ansible_port": 1,  # nothing listens: connection refused at once
+                    "ansible_user": "root",
+                    "ansible_ssh_common_args": "-o ConnectTimeout=3",
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                    **u["vars"],
+                }
+        inventory = {"all": {"children": children}}
         with open(self.inventory_path, "w", encoding="utf-8") as f:
             f.write(f"---\n# netstate-lab {self.run_id} (generated)\n")
             yaml.safe_dump(inventory, f, default_flow_style=False, sort_keys=False, width=1000)
@@ -744,6 +775,7 @@ class Lab:
             "known_hosts_path": self.known_hosts_path if self.ssh else None,
             "key_path": self.key_path if self.ssh else None,
             "hosts": [h.to_dict() for h in self.hosts],
+            "unreachable": self.unreachable,
             "scenarios": [s.to_dict() for s in self.scenarios],
         }
 
@@ -772,6 +804,7 @@ class Lab:
             pdeathsig=False,
         )
         lab.destroyed = data.get("destroyed", False)
+        lab.unreachable = data.get("unreachable", [])
         for hd in data["hosts"]:
             lab.hosts.append(
                 LabHost(
