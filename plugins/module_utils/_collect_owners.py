@@ -68,21 +68,28 @@ def parse_status_uid(text):
 
 def _read(path, mode="r"):
     try:
-        with open(path, mode) as handle:
+        if "b" in mode:
+            with open(path, mode) as handle:
+                return handle.read()
+        with open(path, mode, encoding="utf-8", errors="replace") as handle:
             return handle.read()
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return None
 
 
-def user_name(uid, _cache={}):  # noqa: B006 - deliberate per-process cache
+_USER_NAMES = {}
+
+
+def user_name(uid):
+    """Name of a uid (the uid as text when it has none), looked up once per process."""
     if uid is None:
         return None
-    if uid not in _cache:
+    if uid not in _USER_NAMES:
         try:
-            _cache[uid] = pwd.getpwuid(uid).pw_name
+            _USER_NAMES[uid] = pwd.getpwuid(uid).pw_name
         except KeyError:
-            _cache[uid] = str(uid)
-    return _cache[uid]
+            _USER_NAMES[uid] = str(uid)
+    return _USER_NAMES[uid]
 
 
 def process_info(pid, proc=PROC, cmdline_max=CMDLINE_MAX):

@@ -133,7 +133,7 @@ def parse_sockstat(text, text6=None, page_size=None, warnings=None):
     result = dict.fromkeys(SOCKSTAT_SCOPE)
     tcp_fields = {}
     for line in (text or "").splitlines():
-        label, _, rest = line.partition(":")
+        label, _sep, rest = line.partition(":")
         if label.strip() != "TCP":
             continue
         words = rest.split()
@@ -149,7 +149,7 @@ def parse_sockstat(text, text6=None, page_size=None, warnings=None):
     result["tcp_mem_pages"] = pages
     result["tcp_mem_bytes"] = pages * page_size if pages is not None else None
     for line in (text6 or "").splitlines():
-        label, _, rest = line.partition(":")
+        label, _sep, rest = line.partition(":")
         words = rest.split()
         if label.strip() == "TCP6" and len(words) >= 2 and words[0] == "inuse":
             result["tcp6_inuse"] = _to_int(words[1])

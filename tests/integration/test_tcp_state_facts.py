@@ -340,8 +340,8 @@ def test_module_through_ansible_over_ssh(ssh_lab, ansible_env):
             check=False,
         )
         assert res.returncode == 0, res.stdout + res.stderr
-        _alias, _, rest = res.stdout.strip().partition(" | ")
-        status, _, payload = rest.partition(" => ")
+        _alias, _bar, rest = res.stdout.strip().partition(" | ")
+        status, _arrow, payload = rest.partition(" => ")
         assert status.startswith("SUCCESS"), res.stdout
         facts = json.loads(payload)["ansible_facts"]["tcp_state"]
         assert facts["namespace"]["name"] == h1.name

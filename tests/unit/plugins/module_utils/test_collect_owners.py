@@ -83,7 +83,7 @@ def test_only_wanted_inodes_count(report, sockets, proc):
     with open(os.path.join(RECORDED, client, "fd.json")) as handle:
         client_inodes = {int(link[8:-1]) for link in json.load(handle).values()}
     assert len(client_inodes) >= report["observed"]["FIN_WAIT2"]
-    owners, _ = co.find_owners({"FIN_WAIT2": sorted(client_inodes)}, proc=proc)
+    owners, _listeners = co.find_owners({"FIN_WAIT2": sorted(client_inodes)}, proc=proc)
     assert owners["FIN_WAIT2"][0]["pid"] == report["pids"]["client"]
 
 
@@ -104,7 +104,7 @@ def test_top_limits_and_orders_owners(tmp_path):
         for fd in range(count):
             os.symlink(f"socket:[{pid * 100 + fd}]", fd_dir / str(fd))
     wanted = {"CLOSE_WAIT": [pid * 100 + fd for pid in (10, 11, 12) for fd in range(3)]}
-    owners, _ = co.find_owners(wanted, top=2, proc=str(tmp_path))
+    owners, _listeners = co.find_owners(wanted, top=2, proc=str(tmp_path))
     assert [(item["pid"], item["comm"], item["sockets"]) for item in owners["CLOSE_WAIT"]] == [
         (11, "p11", 3),
         (12, "p12", 2),
