@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from netstate_lab.lab import Lab, LabError, cleanup_stale, pid_alive
+from netstate_lab.lab import BASE_TOOLS, SSH_TOOLS, Lab, LabError, check_prerequisites, cleanup_stale, pid_alive
 from netstate_lab.scenario import KINDS
 
 EXIT_ERROR = 2
@@ -32,6 +32,7 @@ def _lab_summary(lab):
 
 
 def cmd_up(args):
+    check_prerequisites(BASE_TOOLS + (() if args.no_ssh else SSH_TOOLS), purpose="lab hosts")
     state_dir = os.path.abspath(args.state_dir) if args.state_dir else None
     keeper = [
         sys.executable,

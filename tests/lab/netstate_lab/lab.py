@@ -351,7 +351,7 @@ class LabHost:
         cmd = [
             sys.executable,
             "-m",
-            "netstate_lab.scenario",
+            "netstate_lab.run_scenario",
             "--kind",
             kind,
             "--count",

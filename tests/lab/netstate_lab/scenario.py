@@ -118,19 +118,34 @@ class Deadline:
             raise ScenarioFailed(f"timed out while {what}")
 
 
-def raise_nofile(need):
+def nofile_ceiling():
+    """The most open files one process can get: raises the hard limit to fs.nr_open when allowed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= need:
-        return
     try:
         with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
             nr_open = int(f.read())
     except OSError:
-        nr_open = 1048576
-    want = min(max(need, soft), nr_open)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    if want < need:
-        raise ScenarioFailed(f"needs {need} open files but fs.nr_open is {nr_open}")
+        nr_open = hard
+    if hard < nr_open:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, nr_open))
+            hard = nr_open
+        except (ValueError, OSError):
+            pass  # no CAP_SYS_RESOURCE: stay below the inherited hard limit
+    return hard
+
+
+def raise_nofile(need):
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    ceiling = nofile_ceiling()
+    if ceiling < need:
+        raise ScenarioFailed(
+            f"needs {need} open files but the RLIMIT_NOFILE hard limit is {ceiling} and cannot be raised; "
+            "use a smaller count (mix spreads its sockets over more workers by itself)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, ceiling))
 
 
 def read_sysctl(name):
@@ -541,10 +556,13 @@ def sc_established(args, deadline):
 
 
 def mix_plan(total, workers):
-    """Split ``total`` sockets: ~50% ESTABLISHED, ~33% TIME_WAIT, ~4% each CLOSE_WAIT/FIN_WAIT2, listeners."""
+    """Split ``total`` sockets: 50% ESTABLISHED, 4% each CLOSE_WAIT/FIN_WAIT2, the rest (~42%) TIME_WAIT.
+
+    Each worker adds 2 LISTEN sockets on top.
+    """
     est_pairs = total // 4
-    tw = total // 3
     cw = total // 25
+    tw = total - 2 * est_pairs - 2 * cw
     per = []
     for w in range(workers):
 
@@ -574,16 +592,23 @@ def mix_worker(args, w, plan, deadline, ready_w):
             c.shutdown(socket.SHUT_WR)
         keep = [l_est, l_cw, pairs, cw_pairs]
         result = {"ok": True, "ports": [l_est.getsockname()[1], l_cw.getsockname()[1]], "pid": os.getpid()}
-    except (OSError, ScenarioFailed) as exc:
-        result = {"ok": False, "error": f"worker {w}: {exc}"}
+    except Exception as exc:  # reported to the parent, which fails the scenario with it
+        result = {"ok": False, "error": f"worker {w}: {type(exc).__name__}: {exc}"}
     os.write(ready_w, (json.dumps(result) + "\n").encode())
     os.close(ready_w)
     if result["ok"]:
-        hold(keep, args.hold)
+        hold(keep, args.hold + args.timeout)  # the main process stops the workers when its own hold ends
 
 
 def sc_mix(args, deadline):
-    workers = max(1, args.workers)
+    # a worker holds 2 fds per ESTABLISHED pair and per CLOSE_WAIT/FIN_WAIT2 pair: use enough workers
+    # that each stays under the open-files ceiling (the hard limit may not be raisable)
+    per_worker_fds = max(1024, min(nofile_ceiling(), 500000) - 1024)
+    plan1 = mix_plan(args.count, 1)[0]
+    fds = 2 * (plan1["established_pairs"] + plan1["close_wait"])
+    workers = max(1, args.workers, -(-fds // per_worker_fds))
+    if workers > 64:
+        raise ScenarioFailed(f"mix of {args.count} sockets needs {workers} workers (over 64); raise RLIMIT_NOFILE")
     plans = mix_plan(args.count, workers)
     tw_total = sum(p["time_wait"] for p in plans)
     changed = ensure_tw_buckets(tw_total + 20000)
