@@ -18,24 +18,13 @@ import io
 import json
 import os
 
+# one source of truth for state names, severities and the facts schema: the managed-node code
+from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES
+from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
+
 REPORT_SCHEMA = 1
-FACTS_SCHEMA = 1
-STATES = (
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-)
-SEVERITIES = ("info", "warning", "critical")
-SEVERITY_RANK = {None: 0, "info": 1, "warning": 2, "critical": 3}
+SEVERITY_RANK = {None: 0, **{name: rank + 1 for rank, name in enumerate(SEVERITIES)}}
 STATUSES = ("ok", "malformed", "failed", "unreachable")
 FORMATS = ("json", "md", "html", "csv", "prom")
 DEFAULT_FORMATS = ("json", "md", "html", "csv")
