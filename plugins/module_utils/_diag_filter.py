@@ -159,13 +159,13 @@ def compile_filter(node):
 def _compile(node):
     kind = node[0]
     if kind == "port":
-        _, side, cmp, port = node
+        side, cmp, port = node[1:]
         code = {("local", "ge"): BC_S_GE, ("local", "le"): BC_S_LE, ("peer", "ge"): BC_D_GE, ("peer", "le"): BC_D_LE}[
             (side, cmp)
         ]
         return bytearray(_OP.pack(code, 8, 12) + _OP.pack(BC_NOP, 0, port))
     if kind == "host":
-        _, side, network, port = node
+        side, network, port = node[1:]
         if network is None:
             family, prefix, addr = AF_UNSPEC, 0, b""
         else:

@@ -27,7 +27,7 @@ description:
   - Needs only Python 3.9+ and its standard library on the managed node. Naming processes needs root for other
     users' processes.
 author:
-  - netstate.tcp contributors
+  - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
   - netstate.tcp.attributes.INFO_MODULE
@@ -60,7 +60,7 @@ options:
     default: {}
   ratios:
     description:
-      - Maximum pressure ratios, each a number from V(0) to V(1), read from RV(ansible_facts.tcp_state.pressure)
+      - Maximum pressure ratios, each a number from V(0) to V(1), read from C(ansible_facts.tcp_state.pressure)
         of M(netstate.tcp.tcp_state_facts).
       - V(orphans) is orphans / C(tcp_max_orphans); V(memory) is TCP memory / C(tcp_mem[2]); V(time_wait) is
         TIME_WAIT sockets / C(tcp_max_tw_buckets); V(ephemeral_ports) is the busiest tuple's share of

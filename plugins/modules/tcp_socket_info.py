@@ -22,7 +22,7 @@ description:
   - Needs only Python 3.9+ and its standard library on the managed node, and netlink sock_diag (root not
     required to list sockets; other users' processes' fds need root for the owner filters).
 author:
-  - netstate.tcp contributors
+  - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
   - netstate.tcp.attributes.INFO_MODULE

@@ -32,7 +32,7 @@ def run_module(host, args):
 
 
 def _endpoint(text):
-    address, _, port = text.rpartition(":")
+    address, port = text.rsplit(":", 1)
     address = address.strip("[]").split("%")[0]
     address = "0.0.0.0" if address == "*" else address
     return ipaddress.ip_address(address), 0 if port == "*" else int(port)
@@ -70,7 +70,7 @@ def leak_host(lab_available):
 
 
 def test_state_and_local_port_like_ss(leak_host):
-    host, leak, _ = leak_host
+    host, leak = leak_host[:2]
     (port,) = leak["ports"]["server"]
     expected = ss_tuples(host, "state", "close-wait", f"( sport = :{port} )")
     assert len(expected) == leak["observed"]["CLOSE_WAIT"]
@@ -80,7 +80,7 @@ def test_state_and_local_port_like_ss(leak_host):
 
 
 def test_state_and_peer_port_like_ss(leak_host):
-    host, leak, _ = leak_host
+    host, leak = leak_host[:2]
     (port,) = leak["ports"]["server"]
     expected = ss_tuples(host, "state", "fin-wait-2", f"( dport = :{port} )")
     assert expected
@@ -88,7 +88,7 @@ def test_state_and_peer_port_like_ss(leak_host):
 
 
 def test_port_range_all_states_like_ss(leak_host):
-    host, _, _ = leak_host
+    host = leak_host[0]
     low, high = 20005, 20030
     expected = ss_tuples(host, f"( sport >= :{low} and sport <= :{high} )")
     assert expected
@@ -108,7 +108,7 @@ def test_peer_cidr_and_two_ports_like_ss(leak_host):
 
 
 def test_owner_filter_like_ss_process_column(leak_host):
-    host, leak, _ = leak_host
+    host, leak = leak_host[:2]
     out = host.run(["ss", "-Htanp"], check=True).stdout
     expected = sorted(
         (*_endpoint(line.split()[3]), *_endpoint(line.split()[4]))
@@ -123,7 +123,7 @@ def test_owner_filter_like_ss_process_column(leak_host):
 
 
 def test_limit_sort_and_details(leak_host):
-    host, _, est = leak_host
+    host, est = leak_host[0], leak_host[2]
     (port,) = est["ports"]["server"]
     everything = ss_tuples(host, "state", "established")
     result = run_module(

@@ -168,7 +168,7 @@ def _evaluate(node, sock, auto):
     port = sport if local else dport
     if kind == "port":
         return port >= node[3] if node[2] == "ge" else port <= node[3]
-    _, _, network, want_port = node
+    network, want_port = node[2:]
     if want_port not in (-1, port):
         return False
     return network is None or _in(src if local else dst, family, network)

@@ -90,7 +90,7 @@ def _ss_listeners():
     found = set()
     for line in out.splitlines():
         local = line.split()[2]
-        address, _, port = local.rpartition(":")
+        address, port = local.rsplit(":", 1)
         address = address.strip("[]").split("%")[0]
         found.add((str(ipaddress.ip_address(address if address != "*" else "0.0.0.0")), int(port)))
     return found
