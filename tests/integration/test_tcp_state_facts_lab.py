@@ -139,7 +139,7 @@ def test_sockstat_split_namespace_local_and_host_wide(lab):
     sc = host.start_scenario("time_wait_churn", count=300)
     try:
         facts = None
-        for _attempt in range(5):
+        for _attempt in range(10):
             inside_before, outside_before = netns_sockstat(host), host_sockstat()
             facts = gather(host, owners=[])
             inside_after, outside_after = netns_sockstat(host), host_sockstat()
