@@ -20,8 +20,10 @@ PROC_SYS = "/proc/sys"
 STATE_SCHEMA = 1
 GLOBAL_CHOICES = ("skip", "fail")
 
-# One dotted identifier, at least two segments: no "..", no "/", no globs.
-NAME_RE = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)+$")
+# One dotted identifier, at least two segments: no "..", no "/", no globs. A "-" is allowed
+# inside later segments for interface names (net.ipv4.conf.br-lan.rp_filter); interface
+# names holding a "." (VLANs like eth0.100) cannot be expressed and are refused.
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_][a-z0-9_-]*)+$")
 INT_RE = re.compile(r"^-?[0-9]+$")
 BOOLEAN_WORDS = frozenset(("true", "false", "yes", "no", "on", "off", "y", "n"))
 
@@ -87,10 +89,11 @@ class ApplyError(Exception):
 
 def validate_name(name):
     """Return the name if it is a plain dotted sysctl identifier, else raise SysctlError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SysctlError(
             f"sysctls: invalid name {name!r}: a sysctl name is dotted lower-case segments of "
-            "[a-z0-9_] such as net.ipv4.tcp_fin_timeout (no '..', '/', spaces or glob characters)"
+            "[a-z0-9_] (and '-' in interface names) such as net.ipv4.tcp_fin_timeout "
+            "(no '..', '/', spaces or glob characters)"
         )
     if name in REFUSED:
         raise SysctlError(f"sysctls: {REFUSED[name]}")
@@ -109,7 +112,7 @@ def _int_element(name, item, value):
         raise _boolean_hint(name, value)
     if isinstance(item, int):
         return item
-    if isinstance(item, str) and INT_RE.match(item.strip()):
+    if isinstance(item, str) and INT_RE.fullmatch(item.strip()):
         return int(item.strip())
     if isinstance(item, str) and item.strip().lower() in BOOLEAN_WORDS:
         raise _boolean_hint(name, value)
@@ -147,7 +150,7 @@ def read_live(name, proc_root=PROC_SYS):
     with open(sysctl_path(name, proc_root), encoding="ascii") as handle:
         text = handle.read()
     fields = text.split()
-    if not fields or not all(INT_RE.match(f) for f in fields):
+    if not fields or not all(INT_RE.fullmatch(f) for f in fields):
         raise SysctlError(
             f"sysctls: {name}: current value {text.strip()!r} is not numeric; only integer sysctls are managed"
         )

@@ -85,7 +85,13 @@ def snapshot(proc_root, conf_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["net.ipv4.tcp_fin_timeout", "net.core.somaxconn", "net.ipv4.neigh.lo.retrans_time_ms", "vm.swappiness"],
+    [
+        "net.ipv4.tcp_fin_timeout",
+        "net.core.somaxconn",
+        "net.ipv4.neigh.lo.retrans_time_ms",
+        "vm.swappiness",
+        "net.ipv4.conf.br-lan.rp_filter",
+    ],
 )
 def test_valid_names(name):
     assert validate_name(name) == name
@@ -105,6 +111,9 @@ def test_valid_names(name):
         ".net.ipv4",
         "net.ipv4.",
         "net.ipv4.tcp_fin timeout",
+        "-net.ipv4.tcp_fin_timeout",
+        "net.ipv4.conf.eth0.100.rp_filter\n",
+        "net.ipv4.-",
         "",
         5,
     ],
