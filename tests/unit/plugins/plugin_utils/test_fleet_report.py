@@ -2,8 +2,9 @@
 
 The fixtures (fixtures/facts_*.json, see fixtures/record_facts.py) were
 gathered by the collection's own collectors inside namespaces holding real
-sockets: a CLOSE_WAIT leak, TIME_WAIT churn, a clean host and the machine's
-initial namespace.  Expected numbers are read from those dicts, never typed in.
+sockets (lab hosts): a CLOSE_WAIT leak, TIME_WAIT churn, FIN_WAIT1 towards a
+zero-window peer, a clean host and the machine's initial namespace.
+Expected numbers are read from those dicts, never typed in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from ansible_collections.netstate.tcp.plugins.plugin_utils import _fleet_report as fr
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-NAMES = ("close_wait_leak", "time_wait_churn", "clean", "initial_ns")
+NAMES = ("close_wait_leak", "time_wait_churn", "fin_wait1_zero_window", "clean", "initial_ns")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,8 @@ def test_totals_and_findings_by_code_match_the_hosts(recorded):
     assert report["totals"]["findings"] == {
         code: sum(1 for f in recorded.values() for g in f["findings"] if g["code"] == code) for code in expected
     }
-    assert report["fleet"] == {"hosts": 4, "ok": 4, "malformed": 0, "failed": 0, "unreachable": 0}
+    n = len(recorded)
+    assert report["fleet"] == {"hosts": n, "ok": n, "malformed": 0, "failed": 0, "unreachable": 0}
     assert report["schema"] == fr.REPORT_SCHEMA
 
 
@@ -151,8 +153,9 @@ def test_bad_hosts_are_listed_and_the_rest_still_aggregated(recorded):
     assert by_name["down"]["status"] == "unreachable"
     assert by_name["broken"]["status"] == "failed"
     assert by_name["old"]["status"] == "malformed"
-    assert report["fleet"] == {"hosts": 7, "ok": 4, "malformed": 1, "failed": 1, "unreachable": 1}
-    # the malformed host's sockets are not counted: totals are those of the four good hosts
+    n = len(recorded)
+    assert report["fleet"] == {"hosts": n + 3, "ok": n, "malformed": 1, "failed": 1, "unreachable": 1}
+    # the malformed host's sockets are not counted: totals are those of the good hosts
     for state in fr.STATES:
         assert report["totals"]["states"][state] == sum(f["states"][state] for f in recorded.values())
 
