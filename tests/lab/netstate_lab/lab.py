@@ -542,7 +542,7 @@ class Lab:
         check_prerequisites(BASE_TOOLS + (SSH_TOOLS if ssh else ()), purpose="lab hosts" + (" with ssh" if ssh else ""))
         os.makedirs(REGISTRY_DIR, exist_ok=True)
         os.makedirs(NETNS_ETC, exist_ok=True)
-        for _ in range(100):
+        for _attempt in range(100):
             run_id = PREFIX + secrets.token_hex(3)
             reg = os.path.join(REGISTRY_DIR, f"{run_id}.json")
             try:

@@ -233,7 +233,7 @@ class Sources:
 
 def client_socket(sources, sndbuf=None, attempts=64):
     """A TCP socket bound to a fresh (address, port) of ``sources``; skips pairs that are in use."""
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if sndbuf:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
@@ -271,7 +271,7 @@ def make_pairs(lsock, sources, count, deadline, what):
             deadline.check(what)
         c = client_socket(sources)
         c.connect(dst)
-        srv, _ = lsock.accept()
+        srv, _peer = lsock.accept()
         pairs.append((c, srv))
     return pairs
 
@@ -284,7 +284,7 @@ def churn_time_wait(lsock, sources, count, deadline):
             deadline.check("making TIME_WAIT connections")
         c = client_socket(sources)
         c.connect(dst)
-        srv, _ = lsock.accept()
+        srv, _peer = lsock.accept()
         c.close()  # active close: FIN_WAIT1 -> FIN_WAIT2
         srv.close()  # passive close: LAST_ACK -> CLOSED; the client goes TIME_WAIT
 
@@ -371,13 +371,13 @@ def sc_fin_wait1_zero_window(args, deadline):
         deadline.check(f"filling send queue {i}")
         c = client_socket(sources, sndbuf=args.sndbuf)
         c.connect(dst)
-        srv, _ = lsock.accept()
+        srv, _peer = lsock.accept()
         receivers.append(srv)  # never read
         c.setblocking(False)
         written = 0
         quiet = 0
         # write until the queue stays full: EAGAIN several times in a row (bounded)
-        for _ in range(10000):
+        for _attempt in range(10000):
             deadline.check("filling send queue")
             try:
                 written += c.send(chunk)
@@ -397,7 +397,7 @@ def sc_fin_wait1_zero_window(args, deadline):
     # Send-Q settles once the receiver has ACKed what fits in its window; the FIN takes one sequence
     # number, so Send-Q = unsent/unacked bytes + 1. Wait until two reads agree (bounded).
     last = None
-    for _ in range(100):
+    for _attempt in range(100):
         deadline.check("waiting for FIN_WAIT1 send queues to settle")
         counts, sendq, timers = proc_tcp([port])
         now = (counts.get("FIN_WAIT1", 0), sendq.get("FIN_WAIT1", 0), timers.get("FIN_WAIT1", {}).get(4, 0))
@@ -457,7 +457,7 @@ def sc_listen_overflow(args, deadline):
     sources = Sources(args.block)
     clients = []
     queued = backlog + 1  # the kernel queues backlog + 1 before it is full
-    for _ in range(queued):
+    for _attempt in range(queued):
         c = client_socket(sources)
         c.connect(lsock.getsockname())
         clients.append(c)
