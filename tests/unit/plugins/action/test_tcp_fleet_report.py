@@ -27,6 +27,9 @@ BIN = Path(sys.executable).parent
 FIXTURES = ROOT / "tests" / "unit" / "plugins" / "plugin_utils" / "fixtures"
 RECORDED = ("close_wait_leak", "time_wait_churn", "clean")
 
+# each test runs ansible-playbook
+pytestmark = pytest.mark.slow
+
 
 def playbook(*args, cwd=None) -> subprocess.CompletedProcess:
     env = dict(
