@@ -141,7 +141,7 @@ def scan_socket_fds(wanted, proc=PROC, warnings=None):
                 except OSError:
                     continue
                 # socket:[12345]
-                if link.startswith("socket:["):
+                if link.startswith("socket:[") and link[8:-1].isdigit():
                     inode = int(link[8:-1])
                     if inode in wanted:
                         found.append(inode)

@@ -15,6 +15,8 @@ import shutil
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners as co
 
@@ -158,3 +160,20 @@ def test_cmdline_is_truncated_and_printable():
     assert len(long) == 50
     assert long.endswith("...")
     assert co.parse_cmdline(b"-c\0print(1)\nexit()\0") == "-c print(1) exit()"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_proc_text_parsers_never_raise(text):
+    assert co.parse_cgroup(text) is None or isinstance(co.parse_cgroup(text), str)
+    assert co.parse_status_uid(text) is None or co.parse_status_uid(text) >= 0
+    assert isinstance(co.parse_cmdline(text.encode("utf-8", "surrogatepass")), str)
+    assert co.container_id(text) is None or len(co.container_id(text)) == 64
+
+
+def test_odd_fd_links_are_skipped(tmp_path):
+    fd_dir = tmp_path / "7" / "fd"
+    fd_dir.mkdir(parents=True)
+    for fd, link in enumerate(("socket:[]", "socket:[12x]", "pipe:[5]", "anon_inode:[eventpoll]", "socket:[42]")):
+        os.symlink(link, fd_dir / str(fd))
+    assert co.scan_socket_fds({42, 5}, proc=str(tmp_path)) == {7: [42]}
