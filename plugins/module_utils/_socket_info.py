@@ -261,6 +261,66 @@ def _sort_key(sort, record, family):
     return record[cs.R_EXPIRES]
 
 
+# ---- /proc/net/tcp fallback -------------------------------------------------------
+def _procfs_address(hexstr):
+    # /proc/net/tcp{,6} prints addresses as native-endian 32-bit words
+    words = bytes.fromhex(hexstr)
+    return struct.pack(f"={len(words) // 4}I", *struct.unpack(f">{len(words) // 4}I", words))
+
+
+def iter_procfs(family, states_mask, extensions=0, bytecode=b"", proc=PROC):
+    """Records in iter_diag's layout from /proc/net/tcp{,6}, for hosts without netlink sock_diag.
+
+    The kernel cannot filter here: the state mask is applied per line and the
+    bytecode is run by _diag_filter.run_bytecode, the kernel's algorithm.
+    No extensions (tcp_info, memory) are available; ``extensions`` is ignored.
+    """
+    del extensions
+    path = os.path.join(proc, "net", "tcp" if family == socket.AF_INET else "tcp6")
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        handle = open(path, encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        if family == socket.AF_INET6:
+            return  # IPv6 disabled: no sockets
+        raise
+    with handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) < 10 or fields[0] == "sl":
+                continue
+            try:
+                src_hex, sport_hex = fields[1].split(":")
+                dst_hex, dport_hex = fields[2].split(":")
+                state = int(fields[3], 16)
+                if not states_mask & (1 << state):
+                    continue
+                wq, rq = (int(x, 16) for x in fields[4].split(":"))
+                timer_hex, when_hex = fields[5].split(":")
+                timer = int(timer_hex, 16)
+                record = (
+                    state,
+                    _procfs_address(src_hex),
+                    int(sport_hex, 16),
+                    _procfs_address(dst_hex),
+                    int(dport_hex, 16),
+                    rq,
+                    wq,
+                    timer,
+                    int(fields[6], 16),
+                    int(when_hex, 16) * 1000 // ticks,
+                    int(fields[7]),
+                    int(fields[9]),
+                    0,
+                    None,
+                )
+            except ValueError:
+                continue  # a malformed line is not a socket
+            if bytecode and not df.run_bytecode(bytecode, (family, record[1], record[2], record[3], record[4])):
+                continue
+            yield record
+
+
 # ---- the query ----------------------------------------------------------------------
 def iter_matches(options, owners=None, dump=cs.iter_diag, warnings=None):
     """(family, record) of every socket the filters select (streamed).
@@ -274,17 +334,25 @@ def iter_matches(options, owners=None, dump=cs.iter_diag, warnings=None):
     extensions = DETAIL_EXTENSIONS if options["details"] else 0
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            for record in dump(family, mask, extensions, options["bytecode"]):
-                if owners is None or record[cs.R_INODE] in owners:
-                    yield family, record
+            records = dump(family, mask, extensions, options["bytecode"])
+            first = next(records, None)  # netlink refusals surface on the first record
         except cs.DiagUnavailable as exc:
-            if family == socket.AF_INET6:
-                warnings.append(f"IPv6 sockets not listed: {exc}")
-                continue
-            raise
+            if family == socket.AF_INET6 and "Address family" in str(exc):
+                continue  # IPv6 disabled: no sockets to list
+            # netlink refused: the same filters, applied in user space on /proc/net/tcp{,6}
+            warnings.append(f"netlink sock_diag unavailable ({exc}); listed from /proc/net/tcp, filtered in user space")
+            dump = iter_procfs
+            records = dump(family, mask, extensions, options["bytecode"])
+            first = next(records, None)
+        if first is None:
+            continue
+        for record in itertools.chain((first,), records):
+            if owners is None or record[cs.R_INODE] in owners:
+                yield family, record
 
 
 def query(options, dump=cs.iter_diag):
+    # dump: cs.iter_diag (netlink, kernel-filtered) or iter_procfs (fallback)
     """Run tcp_socket_info on normalized options: {matched, sockets, truncated, warnings}."""
     warnings = []
     owners = owner_inodes(options["pids"], options["comms"]) if options["pids"] or options["comms"] else None

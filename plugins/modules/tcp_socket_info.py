@@ -15,6 +15,8 @@ description:
   - The state filter is the kernel's state bitmask and the port and address filters are compiled into an
     inet_diag bytecode program that the kernel runs on each socket before copying it out (as C(ss) does), so a
     filtered query on a busy host costs a fraction of a full dump.
+  - Where netlink sock_diag is refused, the sockets are read from C(/proc/net/tcp) and C(/proc/net/tcp6) and the
+    same filter program is run in user space (slower; no O(details) memory or tcp_info); RV(warnings_list) says so.
   - Owner filters (O(pids), O(comms)) read C(/proc/<pid>/fd) of the chosen processes only and are applied to
     what the kernel returned.
   - Memory stays bounded however many sockets match, at most O(limit) sockets are kept, with a heap when
@@ -243,7 +245,7 @@ sockets:
       returned: when O(details=true)
       type: dict
 warnings_list:
-  description: Things that could not be listed (for example IPv6 disabled).
+  description: What limited the listing (for example netlink unavailable and C(/proc/net/tcp) used instead).
   returned: always
   type: list
   elements: str

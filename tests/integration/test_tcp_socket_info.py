@@ -136,3 +136,35 @@ def test_limit_sort_and_details(leak_host):
         assert sock["tcp_info"]["cwnd"] > 0 and sock["tcp_info"]["snd_wnd"] > 0
         assert sock["meminfo"]["rcvbuf"] > 0
         assert sock["timer"]["kind"] in (None, "keepalive", "retransmit")
+
+
+PROCFS_QUERY = r"""
+import json, sys
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_info as si
+options = si.normalize_options(json.loads(sys.argv[1]))
+print(json.dumps(si.query(options, dump=si.iter_procfs)))
+"""
+
+
+def test_procfs_fallback_filters_like_the_kernel(leak_host):
+    """Without netlink the same bytecode runs in user space on /proc/net/tcp: same sockets as ss."""
+    host, leak, est = leak_host
+    (port,) = leak["ports"]["server"]
+    network = ipaddress.ip_network(f"{ss_tuples(host, 'state', 'close-wait')[0][2]}/16", strict=False)
+    cases = [
+        ({"states": ["close_wait"], "local_ports": [port]}, ["state", "close-wait", f"( sport = :{port} )"]),
+        ({"local_ports": ["20005-20030"]}, ["( sport >= :20005 and sport <= :20030 )"]),
+        (
+            {"peer_addresses": [str(network)], "local_ports": [port, est["ports"]["server"][0]]},
+            ["dst", str(network), f"( sport = :{port} or sport = :{est['ports']['server'][0]} )"],
+        ),
+    ]
+    for params, ss_args in cases:
+        proc = host.run(
+            [sys.executable, "-c", PROCFS_QUERY, json.dumps(dict(params, limit=1000))],
+            env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+            check=True,
+        )
+        expected = ss_tuples(host, *ss_args)
+        assert expected
+        assert module_tuples(json.loads(proc.stdout)) == expected, params
