@@ -77,7 +77,10 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
         )
     )
     out = tmp_path / "reports"
-    done = playbook("-i", str(inventory), "playbooks/audit.yml", "-e", f"audit_output_dir={out}")
+    # audit_query is checked first by the action in check mode (no host, no file), then run on the report
+    done = playbook(
+        "-i", str(inventory), "playbooks/audit.yml", "-e", f"audit_output_dir={out}", "-e", "audit_query=fleet"
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "latest" / "report.json").read_text())
     hosts = {h["name"]: h for h in report["hosts"]}
@@ -89,6 +92,9 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     assert hosts["broken"]["status"] == "failed"
     assert hosts["broken"]["error"]
     assert report["fleet"] == {"hosts": 3, "ok": 1, "malformed": 0, "failed": 1, "unreachable": 1}
+    assert report["query_result"] == report["fleet"]
+    # one report directory: the check-mode call wrote nothing
+    assert sorted(os.listdir(out)) == sorted([os.readlink(out / "latest"), "latest"])
     for name in ("report.json", "report.md", "report.html", "report.csv"):
         assert stat.S_IMODE((out / "latest" / name).stat().st_mode) == 0o640
     # the terminal summary: one line per host and where the reports are
