@@ -194,7 +194,7 @@ def test_ssh_session_sees_private_sysctl_d(ssh_lab):
 
 def test_ansible_ping_over_generated_inventory(ssh_lab, ansible_env):
     res = subprocess.run(
-        ["ansible", "lab", "-i", ssh_lab.inventory_path, "-m", "ansible.builtin.ping", "-o"],
+        ["ansible", "lab", "-i", ssh_lab.inventory_path, "-m", "ansible.builtin.ping"],
         capture_output=True,
         text=True,
         timeout=180,
@@ -209,7 +209,7 @@ def test_ansible_ping_over_generated_inventory(ssh_lab, ansible_env):
 def test_unreachable_inventory_entries(lab_available, ansible_env, tmp_path):
     with Lab.create(hosts=1, ssh=True, unreachable=["dead1", {"name": "dead2", "groups": ["other"]}]) as lab:
         res = subprocess.run(
-            ["ansible", "all", "-i", lab.inventory_path, "-m", "ansible.builtin.ping", "-o"],
+            ["ansible", "all", "-i", lab.inventory_path, "-m", "ansible.builtin.ping"],
             capture_output=True,
             text=True,
             timeout=180,
