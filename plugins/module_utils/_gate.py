@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import time
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _socket_info
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
 
@@ -258,9 +258,10 @@ def evaluate(spec, facts, breakdown=None, severity_rank=None):
     facts: the tcp_state dict; breakdown: socket_breakdown() of the states the
     per-port / per-process checks name (None when there are none).
     """
-    checks, offenders, warnings = [], [], []
+    checks, offenders = [], []
     states = facts.get("states") or {}
     breakdown = breakdown or {"states": {}, "comm": {}}
+    warnings = list(breakdown.get("warnings") or [])
 
     for state, limit in spec["max"].items():
         check = _check(state, states.get(state, 0), limit)
@@ -400,7 +401,7 @@ def run_gate(spec, sample, clock=time.monotonic, sleep=time.sleep):
     return result
 
 
-def socket_breakdown(states, ports=(), with_owners=True, dump=None, scan=None):
+def socket_breakdown(states, ports=(), with_owners=True, *, dump=None, scan=None):
     """Per-state counts by local port, peer address and owning pid (x local port).
 
     One kernel dump of the given states; when only per-port figures are needed
@@ -410,7 +411,12 @@ def socket_breakdown(states, ports=(), with_owners=True, dump=None, scan=None):
     """
     dump = dump or cs.iter_diag
     scan = scan or _collect_owners.scan_socket_fds
-    out = {"states": {state: {"ports": {}, "peers": {}, "pids": {}} for state in states}, "comm": {}}
+    warnings = []
+    out = {
+        "states": {state: {"ports": {}, "peers": {}, "pids": {}} for state in states},
+        "comm": {},
+        "warnings": warnings,
+    }
     if not states:
         return out
     bytecode = b""
@@ -418,25 +424,20 @@ def socket_breakdown(states, ports=(), with_owners=True, dump=None, scan=None):
         bytecode = df.compile_filter(df.any_of(df.port_range("local", p, p) for p in sorted(ports)))
     listen = cs.STATE_NUMBERS["LISTEN"]
     inode_of = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            records = dump(family, cs.state_mask(states), 0, bytecode)
-            for record in records:
-                number = record[cs.R_STATE]
-                detail = out["states"].get(cs.STATES[number - 1])
-                if detail is None:  # NEW_SYN_RECV comes with SYN_RECV
-                    continue
-                sport = record[cs.R_SPORT]
-                detail["ports"][sport] = detail["ports"].get(sport, 0) + 1
-                if number != listen:
-                    peer = socket.inet_ntop(family, bytes(record[cs.R_DST]))
-                    detail["peers"][peer] = detail["peers"].get(peer, 0) + 1
-                if with_owners and record[cs.R_INODE]:
-                    inode_of[record[cs.R_INODE]] = (detail, sport)
-        except cs.DiagUnavailable:
-            if family == socket.AF_INET6:
-                continue  # IPv6 disabled: nothing to count
-            raise
+    query = {"states": list(states), "bytecode": bytecode, "details": False}
+    # iter_matches falls back to /proc/net/tcp (same filter, in user space) where netlink is refused
+    for family, record in _socket_info.iter_matches(query, None, dump, warnings):
+        number = record[cs.R_STATE]
+        detail = out["states"].get(cs.STATES[number - 1])
+        if detail is None:  # NEW_SYN_RECV comes with SYN_RECV
+            continue
+        sport = record[cs.R_SPORT]
+        detail["ports"][sport] = detail["ports"].get(sport, 0) + 1
+        if number != listen:
+            peer = socket.inet_ntop(family, bytes(record[cs.R_DST]))
+            detail["peers"][peer] = detail["peers"].get(peer, 0) + 1
+        if with_owners and record[cs.R_INODE]:
+            inode_of[record[cs.R_INODE]] = (detail, sport)
     if inode_of:
         for pid, inodes in scan(set(inode_of)).items():
             for inode in inodes:
