@@ -231,8 +231,12 @@ class Sources:
             return addr, FIRST_CLIENT_PORT + port
 
 
-def client_socket(sources, sndbuf=None, attempts=64):
-    """A TCP socket bound to a fresh (address, port) of ``sources``; skips pairs that are in use."""
+def client_socket(sources, sndbuf=None, attempts=200000):
+    """A TCP socket bound to a fresh (address, port) of ``sources``; skips pairs that are in use.
+
+    Another scenario in the same namespace may hold (address, port) pairs of the same block (TIME_WAIT
+    included): those binds fail with EADDRINUSE and are skipped (bounded by ``attempts``).
+    """
     for _attempt in range(attempts):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if sndbuf:
@@ -245,7 +249,7 @@ def client_socket(sources, sndbuf=None, attempts=64):
                 continue
             raise
         return s
-    raise ScenarioFailed("no free client address/port after 64 attempts")
+    raise ScenarioFailed(f"no free client address/port after {attempts} attempts")
 
 
 def listener(port=0, backlog=4096, rcvbuf=None):
@@ -584,7 +588,7 @@ def mix_worker(args, w, plan, deadline, ready_w):
         base = args.port + 2 * w if args.port else 0
         l_est = listener(base)
         l_cw = listener(base + 1 if args.port else 0)
-        sources = Sources(args.block + w)
+        sources = Sources(10 + (args.block - 10 + w) % 240)
         pairs = make_pairs(l_est, sources, plan["established_pairs"], deadline, "mix: connecting pairs")
         churn_time_wait(l_est, sources, plan["time_wait"], deadline)
         cw_pairs = make_pairs(l_cw, sources, plan["close_wait"], deadline, "mix: close_wait pairs")
@@ -732,7 +736,7 @@ def parse_args(argv):
     p.add_argument("--report", required=True)
     p.add_argument("--hold", type=float, default=1800.0)
     p.add_argument("--timeout", type=float, default=120.0, help="overall deadline to make the states")
-    p.add_argument("--block", type=int, default=0, help="second octet of client addresses (0: from pid)")
+    p.add_argument("--block", type=int, default=0, help="second octet of client addresses, 10-249 (0: from pid)")
     p.add_argument("--backlog", type=int, default=4)
     p.add_argument("--rcvbuf", type=int, default=4096)
     p.add_argument("--sndbuf", type=int, default=65536)
@@ -746,6 +750,8 @@ def parse_args(argv):
         p.error("--count must be between 0 and 2000000")
     if not args.block:
         args.block = 10 + os.getpid() % 200
+    if not 10 <= args.block <= 249:
+        p.error("--block must be between 10 and 249")
     return args
 
 
@@ -775,6 +781,7 @@ def main(argv=None):
             "pid": os.getpid(),
             "comm": COMMS[args.kind],
             "count": args.count,
+            "client_block": f"127.{args.block}.0.0/16",
             "hold_seconds": args.hold,
             "ready_seconds": round(time.monotonic() - started, 3),
             "created_at": time.time(),
