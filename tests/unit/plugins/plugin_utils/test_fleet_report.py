@@ -337,6 +337,21 @@ def test_summary_table_one_line_per_host(report):
     assert lines[-1] == "reports: /srv/reports/x"
 
 
+def test_summary_table_caps_big_fleets(recorded):
+    facts = recorded["clean"]
+    pairs = [(fr.host_entry(f"h{i:03d}", result=registered(facts)), facts) for i in range(fr.SUMMARY_MAX_HOSTS + 7)]
+    lines = fr.summary_table(fr.build_report(pairs)).splitlines()
+    assert len(lines) == 1 + fr.SUMMARY_MAX_HOSTS + 2
+    assert lines[-2] == "... 7 more hosts in the report"
+
+
+def test_empty_fleet_renders_everything():
+    report = fr.build_report([])
+    assert report["fleet"]["hosts"] == 0
+    for render in fr.RENDERERS.values():
+        assert render(report)
+
+
 # ---------------------------------------------------------------------------
 # files
 
