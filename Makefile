@@ -46,8 +46,10 @@ link:
 setup: apt venv link
 
 # ---- the main job -------------------------------------------------------
+# Audit the controller itself with the venv's Python: interpreter discovery
+# might otherwise pick the first python3.x shim on PATH.
 audit: setup
-	$(BIN)/ansible-playbook -i localhost, -c local playbooks/audit.yml
+	$(BIN)/ansible-playbook -i localhost, -c local -e ansible_python_interpreter=$(BIN)/python playbooks/audit.yml
 
 # ---- checks -------------------------------------------------------------
 test: lint sanity unit integration molecule
