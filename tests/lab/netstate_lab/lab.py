@@ -45,7 +45,7 @@ TOOL_PACKAGES = {
     "nft": "nftables",
 }
 BASE_TOOLS = ("ip",)
-SSH_TOOLS = ("sshd", "ssh-keygen", "socat")
+SSH_TOOLS = ("ss", "sshd", "ssh-keygen", "socat")
 SCENARIO_TOOLS = {"syn_recv": ("nft",)}
 
 

@@ -34,7 +34,7 @@ def test_sources_never_repeat_and_stay_in_loopback():
     src = Sources(42)
     seen = set()
     n = 2 * PORTS_PER_SOURCE + 10
-    for _ in range(n):
+    for _i in range(n):
         addr, port = src.next()
         assert ipaddress.ip_address(addr) in ipaddress.ip_network("127.0.0.0/8")
         assert addr.startswith("127.42.")
