@@ -340,6 +340,8 @@ class LabHost:
         check_prerequisites(("ip", *SCENARIO_TOOLS.get(kind, ())), purpose=f"scenario {kind}")
         if count is None:
             count = DEFAULT_COUNTS[kind]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2000000:
+            raise ScenarioError(f"count must be an integer between 1 and 2000000, got {count!r}")
         if timeout is None:
             timeout = 300 if kind == "mix" else 120
         if pdeathsig is None:

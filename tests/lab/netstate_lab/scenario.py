@@ -88,7 +88,9 @@ STATE_TTL = {
 }
 
 SERVER_ADDR = "127.0.0.1"
-PORTS_PER_SOURCE = 30000  # explicit client ports 20000..49999 per source address
+# explicit client ports 20000..31999 per source address: below the default ephemeral range (32768-60999),
+# so a client port never equals another scenario's listening port
+PORTS_PER_SOURCE = 12000
 FIRST_CLIENT_PORT = 20000
 
 _libc = ctypes.CDLL(None, use_errno=True)
