@@ -368,3 +368,15 @@ def test_bad_scenario_input_is_rejected(bare_host):
             pytest.skip("nft missing")
         bare_host.start_scenario("syn_recv", count=100000)
     assert bare_host.pids() == []
+
+
+def test_concurrent_labs_do_not_collide(bare_lab):
+    first, second = bare_lab(hosts=2), bare_lab(hosts=2)
+    assert first.run_id != second.run_id
+    assert not {h.name for h in first.hosts} & {h.name for h in second.hosts}
+    sc = second.hosts[0].start_scenario("established", count=5, hold=300)
+    first.destroy()
+    assert all(not netns_exists(h.name) for h in first.hosts)
+    assert all(netns_exists(h.name) for h in second.hosts)
+    assert sc.alive()
+    assert second.hosts[0].ss_count("established") == 10
