@@ -93,9 +93,10 @@ DIAG_MSG_LEN = DIAG_MSG.size  # 88
 PORT = struct.Struct(">H")
 # Hot-loop layouts: length, type, state, timer, retrans, sport, dport (wire order read as native
 # ints: converted once per distinct value at the end), src, dst (v4 as ints, v6 as bytes),
-# cookie, rqueue, wqueue, inode.
-_HOT_V4 = struct.Struct("=IH10xxBBBHHI12xI12x4xQ4xII4xI")
-_HOT_V6 = struct.Struct("=IH10xxBBBHH16s16s4xQ4xII4xI")
+# rqueue, wqueue.  Cookie and inode are read only for the few states that need them.
+_HOT_V4 = struct.Struct("=IH10xxBBBHHI12xI12x16xII8x")
+_HOT_V6 = struct.Struct("=IH10xxBBBHH16s16s16xII8x")
+_COOKIE_INODE = struct.Struct("=60xQ16xI")
 
 RECV_BUFSIZE = 1 << 16  # the kernel fills at most ~32 KiB per dump skb
 SO_RCVBUF_WANTED = 1 << 22
@@ -475,6 +476,7 @@ class SocketAggregator:
         fam = _family_number(family)
         hot = _HOT_V4 if fam == socket.AF_INET else _HOT_V6
         unpack = hot.unpack_from
+        unpack_ids = _COOKIE_INODE.unpack_from
         need = hot.size
         counts = self.family_counts["ipv4" if fam == socket.AF_INET else "ipv6"]
         send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
@@ -487,7 +489,7 @@ class SocketAggregator:
             off = 0
             while off < n:
                 try:
-                    ln, typ, st, timer, retrans, sport, dport, src, dst, cookie, rq, wq, ino = unpack(chunk, off)
+                    ln, typ, st, timer, retrans, sport, dport, src, dst, rq, wq = unpack(chunk, off)
                 except struct.error:
                     ln = typ = -1
                 if typ != diag_type or ln < need or off + ln > n:
@@ -508,6 +510,7 @@ class SocketAggregator:
                     if special[st] == 2:
                         self.unknown_states += 1
                         continue
+                    cookie, ino = unpack_ids(chunk, off - ((ln + 3) & ~3))
                     if st == ST_LISTEN:
                         counts[st] += 1
                         # LISTEN "queues" are not bytes: rqueue is the accept-queue length, wqueue the backlog.
@@ -785,8 +788,8 @@ def collect_sockets(
                     sock.close()
                 continue
             except DiagUnavailable as exc:
-                if family == "ipv6" and "Address family" in str(exc):
-                    continue
+                if family == "ipv6" and not os.path.exists("/proc/net/tcp6"):
+                    continue  # IPv6 is off in this kernel: there are no IPv6 sockets to miss
                 source = "procfs"
                 # Start over so one collection never mixes sources.
                 aggregator = SocketAggregator(
