@@ -188,16 +188,19 @@ def run() -> str:
     load_before = os.getloadavg()
     rounds = []
     pyroute2 = None
-    lab = Lab.create(hosts=1, ssh=False)
-    try:
-        host = lab.hosts[0]
-        for rnd in range(1, ROUNDS + 1):
+    # A fresh namespace per round: closing a mix leaves its sockets in TIME_WAIT up to
+    # tcp_max_tw_buckets, and the next mix could not make its own.
+    for rnd in range(1, ROUNDS + 1):
+        with Lab.create(hosts=1, ssh=False) as lab:
+            host = lab.hosts[0]
             sc = host.start_scenario("mix", count=MIX_COUNT, timeout=600)
+            print(f"round {rnd}: mix ready in {host.name}, expected {sc.report['expected']}", flush=True)
             try:
-                print(f"round {rnd}: mix ready, expected {sc.report['expected']}", flush=True)
                 rounds.append(measure_round(host, rnd))
             finally:
                 sc.stop()
+    with Lab.create(hosts=1, ssh=False) as lab:
+        host = lab.hosts[0]
         sc = host.start_scenario("mix", count=MIX_COUNT, timeout=600)
         try:
             with inside(host.name):
@@ -217,8 +220,6 @@ def run() -> str:
             print(f"pyroute2: {pyroute2}", flush=True)
         finally:
             sc.stop()
-    finally:
-        lab.destroy()
     return report(rounds, pyroute2, load_before, os.getloadavg())
 
 
