@@ -757,9 +757,27 @@ def collect_sockets(
 
     One netlink sock_diag dump per family (all states, no extensions); when netlink
     is unavailable, /proc/net/tcp{,6} parsed line by line (``procfs=True`` forces
-    that path).  Returns the socket fact groups of the tcp_state schema plus
-    ``source`` ("netlink" | "procfs") and the private ``_owner_inodes``,
-    ``_tracked`` and ``_busiest_tuple`` keys.  Raises ValueError on bad options.
+    that path).  Raises ValueError naming the option on bad options, DiagError when
+    a dump fails midway.  Returns::
+
+        source      "netlink" | "procfs"
+        total       int
+        states      {state: count} for all 12 STATES (request sockets count as SYN_RECV)
+        families    {"ipv4": {state: count}, "ipv6": {state: count}}
+        queues      {state: {send_bytes, recv_bytes}} for every state but LISTEN
+        listeners   top-N LISTEN sockets by fill: [{local "ip:port" / "[v6]:port", accept_queue,
+                    backlog (None from procfs), fill (accept_queue / backlog), inode}]
+        timers      {state: {retransmit, persist, keepalive, time_wait, zero_window, max_retransmits}}
+                    zero_window counts the sockets in the zero-window probe (persist) timer: the
+                    kernel arms it only while the peer advertises a zero window and data waits
+        top         {by_local_port: {state: [{port, count}]}, by_local_address: {state: [{address, count}]},
+                     by_peer: {state: [{address, count, scope}]}} for states with sockets (not LISTEN)
+        warnings    [str]
+        _owner_inodes   {state: {inode: count}} for owner_states (inode 0 never: nobody holds it)
+        _tracked        {cookie (int; procfs: "local-remote" hex text): (state, send_bytes)} for track_states
+        _busiest_tuple  {local_address, peer_address, peer_port, count}: the most sockets sharing one
+                        local address and peer address:port with a local port in ip_local_port_range
+                        that nothing listens on (ephemeral-port pressure); None values and 0 when none
     """
     families = tuple(families)
     for family in families:
