@@ -11,7 +11,9 @@ VENV      := $(CURDIR)/.venv
 BIN       := $(VENV)/bin
 BUILD     := $(CURDIR)/.build
 COLL_DIR  := $(BUILD)/collections/ansible_collections/netstate
-SANITY_ROOT ?= $(BUILD)/sanity
+# Outside the checkout: inside it, ansible-test would list files with the
+# checkout's git, which ignores .build/, and skip every target.
+SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/netstate-tcp-sanity-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)
 SANITY_DIR := $(SANITY_ROOT)/ansible_collections/netstate/tcp
 APT_PACKAGES := openssh-server openssh-client socat nftables iproute2 procps net-tools chromium
 
