@@ -185,6 +185,7 @@ def measure_round(host, rnd):
 
 
 def run() -> str:
+    started = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     load_before = os.getloadavg()
     rounds = []
     pyroute2 = None
@@ -220,10 +221,10 @@ def run() -> str:
             print(f"pyroute2: {pyroute2}", flush=True)
         finally:
             sc.stop()
-    return report(rounds, pyroute2, load_before, os.getloadavg())
+    return report(rounds, pyroute2, load_before, os.getloadavg(), started)
 
 
-def report(rounds, pyroute2, load_before, load_after):
+def report(rounds, pyroute2, load_before, load_after, started):
     names = [n for n in rounds[0] if not n.startswith("_")]
     best = {n: min(r[n][0] for r in rounds) for n in names}
     seen = {n: sorted({r[n][1] for r in rounds}) for n in names}
@@ -234,9 +235,9 @@ def report(rounds, pyroute2, load_before, load_after):
     lines = [
         f"## Socket collector at {sockets:,} sockets",
         "",
-        f"One lab namespace with the `mix` scenario (count {MIX_COUNT:,}), started afresh for each of "
-        f"{len(rounds)} rounds (its TIME_WAIT sockets live 60 s); best of {len(rounds)} per tool, every tool "
-        "run inside the namespace. Load average before/after: "
+        f"Measured {started}. One lab namespace with the `mix` scenario (count {MIX_COUNT:,}), started afresh "
+        f"for each of {len(rounds)} rounds (its TIME_WAIT sockets live 60 s); best of {len(rounds)} per tool, "
+        "every tool run inside the namespace. Load average before/after: "
         f"{load_before[0]:.2f} / {load_after[0]:.2f} (the machine is shared; times are wall-clock).",
         "",
         "| tool | best time (s) | x core facts | best µs per socket | sockets seen per round |",
@@ -247,7 +248,9 @@ def report(rounds, pyroute2, load_before, load_after):
             per = "n/a"  # a /proc/*/fd pass: its cost follows open fds, not sockets
         else:
             per = f"{min(r[n][0] / r[n][1] for r in rounds if r[n][1]) * 1e6:.2f}"
-        lines.append(f"| {n} | {best[n]:.3f} | {best[n] / core:.2f} | {per} | {', '.join(f'{s:,}' for s in seen[n])} |")
+        label = n.replace("|", "\\|")  # a pipe would end the Markdown table cell
+        counts = ", ".join(f"{s:,}" for s in seen[n])
+        lines.append(f"| {label} | {best[n]:.3f} | {best[n] / core:.2f} | {per} | {counts} |")
     if pyroute2 and pyroute2.get("seconds") is not None:
         lines.append(
             f"| pyroute2 DiagSocket (1 run) | {pyroute2['seconds']:.3f} | {pyroute2['seconds'] / core:.1f} | "
