@@ -7,56 +7,19 @@ run asserts that no traceback reached stderr. Real-run values are compared with
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
+from module_harness import argument_spec, run_module
 
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
 from ansible_collections.netstate.tcp.plugins.modules import tcp_gate
 
 
-def argument_spec():
-    captured = {}
-
-    class Capture(Exception):
-        pass
-
-    def fake_module(**kwargs):
-        captured.update(kwargs)
-        raise Capture
-
-    original = tcp_gate.AnsibleModule
-    tcp_gate.AnsibleModule = fake_module
-    try:
-        with pytest.raises(Capture):
-            tcp_gate.main()
-    finally:
-        tcp_gate.AnsibleModule = original
-    return captured
-
-
-def run_module(args, check=False):
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_gate", json.dumps(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(tcp_gate.DOCUMENTATION)
-    spec = argument_spec()
+    spec = argument_spec(tcp_gate)
     assert spec["supports_check_mode"] is True
     documented = dict(doc["options"])
     assert "thresholds" not in documented  # documented by the netstate.tcp.thresholds fragment
@@ -92,7 +55,7 @@ def test_documentation_matches_argument_spec():
     ],
 )
 def test_invalid_input_fails_before_sampling(args, fragment):
-    result = run_module(args)
+    result = run_module(tcp_gate, args)
     assert result["failed"] is True
     assert fragment in result["msg"]
     assert "checks" not in result  # rejected before anything was sampled
@@ -105,7 +68,7 @@ def _ss_count(state):
 
 def test_real_run_in_check_mode_matches_ss():
     listeners = _ss_count("listening")
-    result = run_module({"max": {"listen": listeners + 50, "syn-sent": 100000}}, check=True)
+    result = run_module(tcp_gate, {"max": {"listen": listeners + 50, "syn-sent": 100000}}, check=True)
     assert result["passed"] is True and result["changed"] is False, result
     check = result["checks"][0]
     assert check["metric"] == "LISTEN"
@@ -116,7 +79,7 @@ def test_real_breach_fails_with_paragraph():
     listeners = _ss_count("listening")
     if listeners == 0:
         pytest.skip("no listening socket on this host")
-    result = run_module({"max": {"LISTEN": 0}})
+    result = run_module(tcp_gate, {"max": {"LISTEN": 0}})
     assert result["failed"] is True and result["passed"] is False
     assert result["msg"].startswith("TCP gate failed 1 of 1 checks: LISTEN ")
     assert " > 0" in result["msg"]

@@ -3,55 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
+from module_harness import argument_spec, run_module
 
 from ansible_collections.netstate.tcp.plugins.modules import tcp_socket_info
 
 
-def argument_spec():
-    captured = {}
-
-    class Capture(Exception):
-        pass
-
-    def fake_module(**kwargs):
-        captured.update(kwargs)
-        raise Capture
-
-    original = tcp_socket_info.AnsibleModule
-    tcp_socket_info.AnsibleModule = fake_module
-    try:
-        with pytest.raises(Capture):
-            tcp_socket_info.main()
-    finally:
-        tcp_socket_info.AnsibleModule = original
-    return captured
-
-
-def run_module(args, check=False):
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_socket_info", json.dumps(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(tcp_socket_info.DOCUMENTATION)
-    spec = argument_spec()
+    spec = argument_spec(tcp_socket_info)
     assert spec["supports_check_mode"] is True
     args = spec["argument_spec"]
     assert set(doc["options"]) == set(args)
@@ -80,7 +43,7 @@ def test_documentation_matches_argument_spec():
     ],
 )
 def test_invalid_input_fails_with_message(args, fragment):
-    result = run_module(args)
+    result = run_module(tcp_socket_info, args)
     assert result["failed"] is True
     assert fragment in result["msg"]
 
@@ -98,7 +61,7 @@ def _ss_listeners():
 
 def test_listeners_match_ss_in_check_mode():
     expected = _ss_listeners()
-    result = run_module({"states": ["listen"], "limit": 10000}, check=True)
+    result = run_module(tcp_socket_info, {"states": ["listen"], "limit": 10000}, check=True)
     assert result["changed"] is False
     got = {(str(ipaddress.ip_address(s["local_address"])), s["local_port"]) for s in result["sockets"]}
     assert got == expected
@@ -106,6 +69,6 @@ def test_listeners_match_ss_in_check_mode():
 
 
 def test_limit_zero_counts_only():
-    result = run_module({"states": ["listen"], "limit": 0})
+    result = run_module(tcp_socket_info, {"states": ["listen"], "limit": 0})
     assert result["sockets"] == [] and result["matched"] == len(_ss_listeners())
     assert result["truncated"] is (result["matched"] > 0)

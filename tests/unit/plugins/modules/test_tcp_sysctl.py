@@ -7,12 +7,9 @@ value that differs). The drop-in always lives under tmp_path.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import module_harness
 import pytest
 import yaml
 
@@ -21,40 +18,8 @@ from ansible_collections.netstate.tcp.plugins.modules import tcp_sysctl
 MODULE = Path(tcp_sysctl.__file__)
 
 
-def argument_spec():
-    """The spec main() builds, captured by running main() with AnsibleModule replaced."""
-    captured = {}
-
-    class Capture(Exception):
-        pass
-
-    def fake_module(**kwargs):
-        captured.update(kwargs)
-        raise Capture
-
-    original = tcp_sysctl.AnsibleModule
-    tcp_sysctl.AnsibleModule = fake_module
-    try:
-        with pytest.raises(Capture):
-            tcp_sysctl.main()
-    finally:
-        tcp_sysctl.AnsibleModule = original
-    return captured
-
-
 def run_module(args, check=False, diff=False):
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.netstate.tcp.plugins.modules.tcp_sysctl", json.dumps(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
+    return module_harness.run_module(tcp_sysctl, args, check=check, diff=diff, timeout=60)
 
 
 def live(name):
@@ -63,7 +28,7 @@ def live(name):
 
 def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(tcp_sysctl.DOCUMENTATION)
-    spec = argument_spec()["argument_spec"]
+    spec = module_harness.argument_spec(tcp_sysctl)["argument_spec"]
     assert set(doc["options"]) == set(spec)
     for name, option in spec.items():
         documented = doc["options"][name]

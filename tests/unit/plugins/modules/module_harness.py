@@ -1,0 +1,55 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Running a module the way the module tests need it (imported by basename, like collect_sockets_fixtures).
+
+argument_spec(module)       the keyword arguments main() passes to AnsibleModule (captured, main() stopped there)
+run_module(module, args)    the module run as Ansible runs it: a subprocess given ANSIBLE_MODULE_ARGS;
+                            asserts that no traceback reached stderr and returns the parsed result
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def argument_spec(module):
+    """The spec module.main() builds, captured by running main() with AnsibleModule replaced."""
+    captured = {}
+
+    class Capture(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Capture
+
+    original = module.AnsibleModule
+    module.AnsibleModule = fake_module
+    try:
+        with pytest.raises(Capture):
+            module.main()
+    finally:
+        module.AnsibleModule = original
+    return captured
+
+
+def run_module(module, args, check=False, diff=False, timeout=120):
+    """Run ``python -m <module>`` with ``args`` (plus check/diff mode) and return its JSON result."""
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", module.__name__, json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=timeout,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
