@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
+
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "remediate"
 
 
@@ -46,21 +48,8 @@ def test_every_profile_value_has_a_reason_and_integer_shape():
 
 def test_finding_map_uses_known_codes_and_profiles():
     variables = load("vars/main.yml")
-    codes = {
-        "CLOSE_WAIT_LEAK",
-        "TIME_WAIT_CHURN",
-        "FIN_WAIT1_STUCK",
-        "ORPHAN_PRESSURE",
-        "TCP_MEMORY_PRESSURE",
-        "LISTEN_OVERFLOW",
-        "SYN_BACKLOG_PRESSURE",
-        "EPHEMERAL_PORT_PRESSURE",
-        "TW_BUCKET_OVERFLOW",
-        "ORPHAN_RETRIES_DEFAULT",
-        "TW_RECYCLE_PRESENT",
-    }
     mapping = variables["__remediate_finding_profiles"]
-    assert set(mapping) <= codes
+    assert set(mapping) <= set(CODES)
     assert set(mapping.values()) <= set(variables["__remediate_profile_catalog"])
     # An application bug is never "fixed" by a sysctl.
     assert "CLOSE_WAIT_LEAK" not in mapping and "CLOSE_WAIT_LEAK" in variables["__remediate_not_sysctl"]
