@@ -4,6 +4,7 @@ Fixtures:
     lab_available   session: skips the test unless root with ip (and sshd, ssh-keygen, socat for ssh fixtures)
     bare_host       function: a fresh namespace without sshd (LabHost), destroyed afterwards
     bare_lab        function: factory ``bare_lab(hosts=2)`` -> Lab without sshd, destroyed afterwards
+    lab             module: Lab of 6 hosts without sshd shared by the tests of one module
     ssh_lab         session: Lab with 3 ssh hosts (h1..h3) and an Ansible inventory (ssh_lab.inventory_path)
     ansible_env     session: environment for ansible-playbook/ansible subprocesses (ANSIBLE_CONFIG, collections path)
 """
@@ -57,6 +58,13 @@ def bare_lab(lab_available):
     yield make
     for lab in labs:
         lab.destroy()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """Six namespaces without sshd shared by the tests of one module (each picks its hosts by index)."""
+    with Lab.create(hosts=6, ssh=False) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session")

@@ -9,71 +9,25 @@ and /proc inside the namespace.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from lab_probes import facts_over_ansible, gather, netstat_counter, ss_rows
 
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import DEFAULT_THRESHOLDS, severity_rank
 from netstate_lab import Lab
-
-ROOT = Path(__file__).resolve().parents[2]
-COLLECTIONS = str(ROOT / ".build" / "collections")
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
 ]
 
-GATHER = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _facts
-options = _facts.normalize_options(json.loads(sys.argv[2]))
-print(json.dumps(_facts.gather_facts(options)["tcp_state"]))
-"""
-
 # Host-wide figures (orphans, TCP memory) are shared with everything else on the machine.
 HOST_WIDE = {"ORPHAN_PRESSURE", "TCP_MEMORY_PRESSURE"}
 
 
-@pytest.fixture(scope="module")
-def lab():
-    with Lab.create(hosts=6, ssh=False) as lab:
-        yield lab
-
-
-def gather(host, **options):
-    res = host.run([sys.executable, "-c", GATHER, COLLECTIONS, json.dumps(options)], timeout=120)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
-
-
 def by_code(facts):
     return {f["code"]: f for f in facts["findings"]}
-
-
-def ss_rows(host, state):
-    """(Recv-Q, Send-Q, local, peer) of every socket in ss state ``state`` inside the namespace."""
-    out = host.run(["ss", "-Htan", "state", state], check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 4:
-            rows.append((int(words[0]), int(words[1]), words[2], words[3]))
-    return rows
-
-
-def netstat_counter(host, section, name):
-    """A counter straight from /proc/net/netstat inside the namespace."""
-    lines = [line.split() for line in host.run(["cat", "/proc/net/netstat"], check=True).stdout.splitlines()]
-    for names, values in zip(lines[0::2], lines[1::2]):
-        if names and names[0] == f"{section}:" and name in names:
-            return int(values[names.index(name)])
-    raise AssertionError(f"{section} {name} not in /proc/net/netstat")
 
 
 def assert_nothing_above_info(facts):
@@ -203,7 +157,7 @@ def test_listen_overflow_names_listener_and_owner(lab):
         assert found["severity"] == "critical"
         assert local in found["summary"]
         assert f"pid {sc.report['pid']} " in found["summary"]
-        overflows = netstat_counter(host, "TcpExt", "ListenOverflows")
+        overflows = netstat_counter(host, "ListenOverflows")
         assert found["evidence"]["counters"].get("ListenOverflows", 0) <= overflows
         assert overflows >= sc.report["listen_overflows"]["min_delta"]
     finally:
@@ -233,38 +187,14 @@ def test_syn_backlog_pressure_on_half_open_connections(lab):
         sc.stop()
 
 
-def test_module_through_ssh_reports_findings():
+def test_module_through_ssh_reports_findings(ansible_env):
     """The real module over the lab's ssh: a leak on h1, nothing above info on h2."""
     with Lab.create(hosts=2, ssh=True) as lab:
         h1 = lab.hosts[0]
         sc = h1.start_scenario("close_wait_leak", count=30)
         try:
-            env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS)
-            res = subprocess.run(
-                [
-                    str(Path(sys.executable).parent / "ansible"),
-                    "-i",
-                    lab.inventory_path,
-                    "lab",
-                    "-m",
-                    "netstate.tcp.tcp_state_facts",
-                    "-a",
-                    json.dumps({"thresholds": {"close_wait_warning": 30, "close_wait_critical": 300}}),
-                    "-o",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                env=env,
-                check=False,
-            )
-            assert res.returncode == 0, res.stdout + res.stderr
-            results = {}
-            for line in res.stdout.splitlines():
-                alias, _sep, rest = line.partition(" | ")
-                status, _arrow, payload = rest.partition(" => ")
-                assert status.startswith("SUCCESS"), line
-                results[alias.strip()] = json.loads(payload)["ansible_facts"]["tcp_state"]
+            thresholds = {"close_wait_warning": 30, "close_wait_critical": 300}
+            results = facts_over_ansible(ansible_env, lab.inventory_path, "lab", {"thresholds": thresholds})
             found = by_code(results["h1"])["CLOSE_WAIT_LEAK"]
             assert found["severity"] == "warning"
             assert f"pid {sc.report['owners']['CLOSE_WAIT']} " in found["summary"]

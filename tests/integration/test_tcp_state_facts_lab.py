@@ -17,48 +17,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from lab_probes import COLLECTIONS, ROOT, VENV_BIN, facts_over_ansible, gather, gather_all, netstat_counter, ss_rows
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _facts
-from netstate_lab import Lab
-
-ROOT = Path(__file__).resolve().parents[2]
-COLLECTIONS = str(ROOT / ".build" / "collections")
-VENV_BIN = Path(sys.executable).parent
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
 ]
-
-GATHER = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _facts
-options = _facts.normalize_options(json.loads(sys.argv[2]))
-print(json.dumps(_facts.gather_facts(options)))
-"""
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab.create(hosts=6, ssh=False) as lab:
-        yield lab
-
-
-def gather_all(host, **options):
-    res = host.run([sys.executable, "-c", GATHER, COLLECTIONS, json.dumps(options)], timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "Traceback" not in res.stderr
-    return json.loads(res.stdout)
-
-
-def gather(host, **options):
-    return gather_all(host, **options)["tcp_state"]
 
 
 def sockstat_tcp(text):
@@ -76,18 +46,8 @@ def netns_sockstat(host):
     return sockstat_tcp(host.run(["cat", "/proc/net/sockstat"], check=True).stdout)
 
 
-def netns_counter(host, name, section="TcpExt"):
-    lines = [
-        line.split()
-        for line in host.run(["cat", "/proc/net/netstat"], check=True).stdout.splitlines()
-        if line.startswith(section + ":")
-    ]
-    return int(lines[1][lines[0].index(name)])
-
-
 def ss_send_q(host, state):
-    out = host.run(["ss", "-Htan", "state", state], check=True).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+    return sum(send_q for _rq, send_q, _local, _peer in ss_rows(host, state))
 
 
 def test_close_wait_leak_owner_is_the_scenario_process(lab):
@@ -116,13 +76,13 @@ def test_close_wait_leak_owner_is_the_scenario_process(lab):
 def test_listen_overflows_grow_on_listen_overflow(lab):
     host = lab.hosts[1]
     before = gather(host, owners=[])["counters"]["ListenOverflows"]
-    assert before == netns_counter(host, "ListenOverflows")
+    assert before == netstat_counter(host, "ListenOverflows")
     sc = host.start_scenario("listen_overflow", count=16, backlog=4)
     try:
         facts = gather(host, owners=["listen"])
         after = facts["counters"]["ListenOverflows"]
         assert after > before
-        assert sc.report["listen_overflows"]["after"] <= after <= netns_counter(host, "ListenOverflows")
+        assert sc.report["listen_overflows"]["after"] <= after <= netstat_counter(host, "ListenOverflows")
         port = sc.report["ports"]["server"][0]
         (listener,) = [item for item in facts["listeners"] if item["local"].endswith(f":{port}")]
         assert listener["owner"] == {"pid": sc.report["pid"], "comm": sc.report["comm"]}
@@ -321,29 +281,9 @@ def test_module_through_ansible_over_ssh(ssh_lab, ansible_env):
     h1 = ssh_lab.host("h1")
     sc = h1.start_scenario("close_wait_leak", count=25)
     try:
-        res = subprocess.run(
-            [
-                str(VENV_BIN / "ansible"),
-                "-i",
-                ssh_lab.inventory_path,
-                "h1",
-                "-m",
-                "netstate.tcp.tcp_state_facts",
-                "-a",
-                json.dumps({"owners": ["close-wait"], "top": 3}),
-                "-o",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=ansible_env,
-            check=False,
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
-        _alias, _bar, rest = res.stdout.strip().partition(" | ")
-        status, _arrow, payload = rest.partition(" => ")
-        assert status.startswith("SUCCESS"), res.stdout
-        facts = json.loads(payload)["ansible_facts"]["tcp_state"]
+        results = facts_over_ansible(ansible_env, ssh_lab.inventory_path, "h1", {"owners": ["close-wait"], "top": 3})
+        assert list(results) == ["h1"]
+        facts = results["h1"]
         assert facts["namespace"]["name"] == h1.name
         assert facts["namespace"]["inode"] == h1.netns_inode
         assert facts["states"]["CLOSE_WAIT"] == h1.ss_count("close-wait") == 25
