@@ -8,6 +8,7 @@ source the offenders are checked against.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -245,36 +246,37 @@ class FakeClock:
         self.now += seconds
 
 
+class Sampler:
+    """run_gate's sample(detailed): the next of ``samples`` on each call; ``kinds`` records each detailed flag."""
+
+    def __init__(self, samples):
+        self.samples = iter(samples)
+        self.kinds = []
+
+    def __call__(self, detailed):
+        self.kinds.append(detailed)
+        return next(self.samples)
+
+
 def test_run_gate_passes_when_the_leak_drains_during_the_wait():
     leak, clean = load("close_wait_leak"), load("clean")
-    samples = iter([leak[:2], leak[:2], clean[:2]])
-    kinds = []
-
-    def sample(detailed):
-        kinds.append(detailed)
-        return next(samples)
-
+    sample = Sampler([leak[:2], leak[:2], clean[:2]])
     clock = FakeClock()
     result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=60, poll_interval=5), sample, clock, clock.sleep)
     assert result["passed"] is True
     assert result["samples"] == 3
     assert clock.sleeps == [5, 5]
-    assert kinds == [False, False, False]  # no owner pass while waiting
+    assert sample.kinds == [False, False, False]  # no owner pass while waiting
 
 
 def test_run_gate_fails_after_the_timeout():
     leak = load("close_wait_leak")
     clock = FakeClock()
-    kinds = []
-
-    def sample(detailed):
-        kinds.append(detailed)
-        return leak[:2]
-
+    sample = Sampler(itertools.repeat(leak[:2]))
     result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=12, poll_interval=5), sample, clock, clock.sleep)
     assert result["passed"] is False
     assert clock.sleeps == [5, 5, 2]  # the last wait is cut to the deadline
-    assert kinds == [False, False, False, False, True]  # then one detailed sample names the offenders
+    assert sample.kinds == [False, False, False, False, True]  # then one detailed sample names the offenders
     assert result["samples"] == 5
     assert result["offenders"][0]["processes"]
     assert "after waiting 12s (5 samples)" in _gate.breach_paragraph(result, result["elapsed"], result["samples"])
@@ -283,11 +285,6 @@ def test_run_gate_fails_after_the_timeout():
 def test_run_gate_without_timeout_samples_once():
     leak = load("close_wait_leak")
     clock = FakeClock()
-    kinds = []
-
-    def sample(detailed):
-        kinds.append(detailed)
-        return leak[:2]
-
+    sample = Sampler(itertools.repeat(leak[:2]))
     result = _gate.run_gate(spec(max={"close_wait": 0}), sample, clock, clock.sleep)
-    assert (result["passed"], result["samples"], clock.sleeps, kinds) == (False, 1, [], [True])
+    assert (result["passed"], result["samples"], clock.sleeps, sample.kinds) == (False, 1, [], [True])
