@@ -24,7 +24,7 @@ import time
 
 import yaml
 
-from netstate_lab.scenario import DEFAULT_COUNTS, KINDS
+from netstate_lab.scenario import DEFAULT_COUNTS, KINDS, write_json
 
 REGISTRY_DIR = "/run/netstate-lab"
 DEFAULT_BASE_DIR = "/tmp/netstate-lab"
@@ -194,13 +194,6 @@ def _locked(path):
         yield
     finally:
         os.close(fd)
-
-
-def _write_json(path, data):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _read_json(path):
@@ -606,7 +599,7 @@ class Lab:
             + [[s.pid, s.start] for s in self.scenarios],
             "created_at": time.time(),
         }
-        _write_json(self.registry_path, data)
+        write_json(self.registry_path, data)
 
     def _add_host(self, alias):
         name = f"{self.run_id}-{alias}"
@@ -783,7 +776,7 @@ class Lab:
 
     def save(self):
         if os.path.isdir(self.state_dir):
-            _write_json(self.state_path, self.to_dict())
+            write_json(self.state_path, self.to_dict())
         if not self.destroyed:
             self._register()
 

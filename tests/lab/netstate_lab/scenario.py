@@ -282,6 +282,17 @@ def make_pairs(lsock, sources, count, deadline, what):
     return pairs
 
 
+def connected_pairs(args, deadline):
+    """A listener on ``args.port`` and ``args.count`` connected (client, server) pairs through it.
+
+    Returns (listener, its port, pairs); the fd limit is raised to hold them.
+    """
+    raise_nofile(2 * args.count + 256)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    return lsock, port, make_pairs(lsock, Sources(args.block), args.count, deadline, "connecting")
+
+
 def churn_time_wait(lsock, sources, count, deadline):
     """``count`` short connections, each closed by the client first: the client side ends in TIME_WAIT."""
     dst = lsock.getsockname()
@@ -330,10 +341,7 @@ def sc_time_wait_churn(args, deadline):
 
 def sc_close_wait_leak(args, deadline):
     count = args.count
-    raise_nofile(2 * count + 256)
-    lsock = listener(args.port)
-    port = lsock.getsockname()[1]
-    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    lsock, port, pairs = connected_pairs(args, deadline)
     for c, _srv in pairs:
         c.shutdown(socket.SHUT_WR)  # the client sends FIN and keeps its fd: FIN_WAIT2, not an orphan
     # the peer is its own process (comm nsl-cw-client); the proxy keeps the accepted sockets
@@ -434,10 +442,7 @@ def sc_fin_wait1_zero_window(args, deadline):
 
 def sc_fin_wait2_orphans(args, deadline):
     count = args.count
-    raise_nofile(2 * count + 256)
-    lsock = listener(args.port)
-    port = lsock.getsockname()[1]
-    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    lsock, port, pairs = connected_pairs(args, deadline)
     for c, _srv in pairs:
         c.close()  # client closes its fd: orphaned FIN_WAIT2 once the server ACKs the FIN
     expected = {"FIN_WAIT2": count, "CLOSE_WAIT": count, "LISTEN": 1}
@@ -551,10 +556,7 @@ def sc_syn_recv(args, deadline):
 
 def sc_established(args, deadline):
     count = args.count
-    raise_nofile(2 * count + 256)
-    lsock = listener(args.port)
-    port = lsock.getsockname()[1]
-    pairs = make_pairs(lsock, Sources(args.block), count, deadline, "connecting")
+    lsock, port, pairs = connected_pairs(args, deadline)
     expected = {"ESTABLISHED": 2 * count, "LISTEN": 1}
     observed = wait_for_counts([port], expected, deadline)
     report = {"ports": {"server": [port]}, "expected": expected, "observed": observed}
@@ -723,7 +725,8 @@ def stop_pids(pids):
                 pass
 
 
-def write_report(path, data):
+def write_json(path, data):
+    """Write ``data`` as JSON to ``path`` atomically (temp file + rename): readers never see a partial file."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
@@ -773,7 +776,7 @@ def main(argv=None):
         elif extra:
             children = list(extra)
     except (ScenarioFailed, OSError) as exc:
-        write_report(args.report, {"kind": args.kind, "error": str(exc), "pid": os.getpid()})
+        write_json(args.report, {"kind": args.kind, "error": str(exc), "pid": os.getpid()})
         print(f"netstate_lab.scenario {args.kind}: {exc}", file=sys.stderr)
         return 3
     pids = report.pop("pids", None)
@@ -791,7 +794,7 @@ def main(argv=None):
     )
     report["pids"] = pids or {"main": os.getpid()}
     try:
-        write_report(args.report, report)
+        write_json(args.report, report)
         hold(keep, args.hold)
     finally:
         if cleanup:
