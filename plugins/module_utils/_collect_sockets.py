@@ -441,8 +441,8 @@ class SocketAggregator:
         # Local-port counts in a flat list indexed (state << 16) | wire port: a list slot is
         # much cheaper than a dict insert when ephemeral ports make most keys distinct.
         self.port_counts = [0] * ((ST_NEW_SYN_RECV + 1) << 16)
-        self.by_local = [defaultdict(int) for _ in range(256)]
-        self.by_peer = [defaultdict(int) for _ in range(256)]
+        self.by_local = [defaultdict(int) for _state in range(256)]
+        self.by_peer = [defaultdict(int) for _state in range(256)]
         self.tuples = defaultdict(int)  # (src, dst, wire dport) of sockets on an ephemeral local port
         # Wire-order local ports counted for ephemeral-port pressure: in ip_local_port_range
         # and not a port something listens on (accepted server sockets share the listener's port).

@@ -56,6 +56,17 @@ for family in ("ipv4", "ipv6"):
 print(json.dumps(rows))
 """
 
+FALLBACK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+def refused(*args, **kwargs):
+    # what open_diag_socket raises when socket(AF_NETLINK, ..., NETLINK_SOCK_DIAG) fails with EACCES
+    raise cs.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
+cs.dump = refused
+print(json.dumps(cs.collect_sockets()))
+"""
+
 PYROUTE2 = """
 import json, socket
 from pyroute2 import DiagSocket
@@ -103,7 +114,7 @@ def _still(row):
 
 def stable(host, run, attempts=10):
     """run() between two identical ss snapshots (sockets that change mid-read would make flaky tests)."""
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         before = ss(host)
         value = run()
         after = ss(host)
@@ -126,7 +137,7 @@ def host(bare_host):
         [("syn_recv", 12)],
         [("fin_wait2_orphans", 30), ("time_wait_churn", 300)],
     ],
-    ids=lambda s: "+".join(k for k, _ in s),
+    ids=lambda s: "+".join(kind for kind, _count in s),
 )
 def test_state_counts_equal_ss(host, scenarios):
     reports = [host.start_scenario(kind, count=count).report for kind, count in scenarios]
@@ -215,3 +226,21 @@ def test_procfs_equals_netlink(host):
     assert sorted((x["local"], x["accept_queue"]) for x in pf["listeners"]) == sorted(
         (x["local"], x["accept_queue"]) for x in nl["listeners"]
     )
+
+
+def test_fallback_when_netlink_unavailable(host):
+    """collect_sockets falls back to /proc/net/tcp{,6} by itself, says so, and sees the same sockets."""
+    host.start_scenario("close_wait_leak", count=20)
+
+    def both():
+        res = host.run([sys.executable, "-c", FALLBACK, COLLECTIONS], timeout=120)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout), collect(host)
+
+    (pf, nl), rows = stable(host, both)
+    assert (pf["source"], nl["source"]) == ("procfs", "netlink")
+    assert any("netlink unavailable" in w and "Permission denied" in w for w in pf["warnings"])
+    expected = Counter(r["state"] for r in rows)
+    assert pf["states"] == nl["states"] == {s: expected.get(s, 0) for s in nl["states"]}
+    assert pf["queues"] == nl["queues"]
+    assert pf["top"] == nl["top"]

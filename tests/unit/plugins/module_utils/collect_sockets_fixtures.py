@@ -61,7 +61,7 @@ def meta(name):
 
 def split_endpoint(text):
     """ss endpoint -> (address text, port int); ``*`` is the IPv6 wildcard, ``*`` port is 0."""
-    addr, _, port = text.rpartition(":")
+    addr, _sep, port = text.rpartition(":")
     addr = addr.strip("[]")
     if addr == "*":
         addr = "::"

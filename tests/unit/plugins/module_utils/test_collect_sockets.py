@@ -341,7 +341,7 @@ def test_short_diag_message_is_skipped_with_warning():
 def test_multipart_dump_spans_datagrams():
     chunks = read_chunks("time_wait_churn", "ipv4")
     assert len(chunks) > 1
-    total = sum(1 for _ in cs.decode_diag_stream(chunks, "ipv4"))
+    total = sum(1 for _record in cs.decode_diag_stream(chunks, "ipv4"))
     assert total == sum(1 for r in ss_rows("time_wait_churn") if ":" not in r["local"][0])
 
 

@@ -69,7 +69,7 @@ def test_truncated_stream(name, data):
 @given(name=st.sampled_from(sorted(STREAMS)), data=st.data())
 def test_corrupted_bytes(name, data):
     chunks = [bytearray(c) for c in STREAMS[name]]
-    for _ in range(data.draw(st.integers(1, 8))):
+    for _flip in range(data.draw(st.integers(1, 8))):
         i = data.draw(st.integers(0, len(chunks) - 1))
         pos = data.draw(st.integers(0, len(chunks[i]) - 1))
         chunks[i][pos] = data.draw(st.integers(0, 255))
@@ -104,7 +104,7 @@ def test_malformed_proc_text(family, data):
     lines = list(PROC[family])
     header, body = lines[0], lines[1:]
     mutated = 0
-    for _ in range(data.draw(st.integers(1, 6))):
+    for _mutation in range(data.draw(st.integers(1, 6))):
         i = data.draw(st.integers(0, len(body) - 1))
         action = data.draw(st.sampled_from(["cut", "flip", "garbage", "drop_field"]))
         line = body[i]
