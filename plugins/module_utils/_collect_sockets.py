@@ -357,12 +357,12 @@ def _read_text(path):
         return fh.read()
 
 
-def read_local_addresses():
+def read_local_addresses(proc="/proc"):
     """This namespace's own addresses as text: IPv4 "/32 host LOCAL" fib entries and /proc/net/if_inet6."""
     local = set()
     try:
         last = None
-        for line in _read_text("/proc/net/fib_trie").splitlines():
+        for line in _read_text(os.path.join(proc, "net", "fib_trie")).splitlines():
             stripped = line.strip()
             if stripped.startswith("|--") or stripped.startswith("+--"):
                 last = stripped[3:].split()[0].split("/")[0]
@@ -371,7 +371,7 @@ def read_local_addresses():
     except OSError:
         pass
     try:
-        for line in _read_text("/proc/net/if_inet6").splitlines():
+        for line in _read_text(os.path.join(proc, "net", "if_inet6")).splitlines():
             fields = line.split()
             if fields and len(fields[0]) == 32:
                 local.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])))
@@ -380,9 +380,9 @@ def read_local_addresses():
     return local
 
 
-def read_ephemeral_range():
+def read_ephemeral_range(proc="/proc"):
     try:
-        low, high = _read_text("/proc/sys/net/ipv4/ip_local_port_range").split()[:2]
+        low, high = _read_text(os.path.join(proc, "sys", "net", "ipv4", "ip_local_port_range")).split()[:2]
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999  # the kernel default

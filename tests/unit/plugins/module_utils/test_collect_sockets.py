@@ -401,3 +401,42 @@ def test_collect_sockets_bad_options(kwargs, message):
 )
 def test_address_scope(text, scope):
     assert cs.address_scope(text, {"192.0.2.7", "2001:db8::1"}) == scope
+
+
+def ip_addresses(name):
+    """Addresses of ``ip -o addr show`` recorded with the fixture (iproute2, independent of /proc parsing)."""
+    out = set()
+    for line in read_text(name, "ip-addr.txt").splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] in ("inet", "inet6"):
+            out.add(fields[3].split("/")[0])
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_local_addresses_equal_ip_addr(name, tmp_path):
+    (tmp_path / "net").mkdir()
+    for filename in ("fib_trie", "if_inet6"):
+        (tmp_path / "net" / filename).write_text(read_text(name, f"{filename}.txt"))
+    assert cs.read_local_addresses(proc=str(tmp_path)) == ip_addresses(name)
+
+
+def test_read_local_addresses_missing_files(tmp_path):
+    assert cs.read_local_addresses(proc=str(tmp_path)) == set()
+    assert cs.read_ephemeral_range(proc=str(tmp_path)) == (32768, 60999)
+
+
+def test_peer_scope_local_for_own_addresses():
+    """Peers on the namespace's own non-loopback addresses are "local", 127/8 and ::1 "loopback"."""
+    own = ip_addresses("ipv6_mapped")
+    result = aggregate("ipv6_mapped", top=50)
+    scopes = {e["address"]: e["scope"] for rows in result["top"]["by_peer"].values() for e in rows}
+    expected = {
+        r["peer"][0]
+        for r in ss_rows("ipv6_mapped")
+        if r["state"] != "LISTEN" and r["peer"][0].removeprefix("::ffff:") in own - {"127.0.0.1", "::1"}
+    }
+    assert expected, "the fixture connects to 192.0.2.10 and 2001:db8::10"
+    for address in expected:
+        assert scopes[address] == "local"
+    assert {scopes[a] for a in scopes if a not in expected} == {"loopback"}
