@@ -440,3 +440,61 @@ def test_peer_scope_local_for_own_addresses():
     for address in expected:
         assert scopes[address] == "local"
     assert {scopes[a] for a in scopes if a not in expected} == {"loopback"}
+
+
+# ---------------------------------------------------------------------------
+# recv_chunks on a real datagram socket (AF_UNIX SOCK_DGRAM keeps datagram boundaries and MSG_TRUNC)
+
+
+@pytest.fixture
+def dgram_pair():
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    right.settimeout(0.5)
+    yield left, right
+    left.close()
+    right.close()
+
+
+def test_recv_chunks_replays_recorded_dump(dgram_pair):
+    sender, receiver = dgram_pair
+    chunks = read_chunks("time_wait_churn", "ipv4")
+    for chunk in chunks:
+        sender.send(chunk)
+    agg = cs.SocketAggregator()
+    agg.feed_netlink("ipv4", cs.recv_chunks(receiver))
+    expected = cs.SocketAggregator()
+    expected.feed_netlink("ipv4", chunks)
+    assert agg.result() == expected.result()
+    assert agg.result()["total"] == sum(1 for r in ss_rows("time_wait_churn") if ":" not in r["local"][0])
+
+
+def test_recv_chunks_truncated_datagram_is_error(dgram_pair):
+    sender, receiver = dgram_pair
+    sender.send(b"\0" * (cs.RECV_BUFSIZE + 100))
+    with pytest.raises(cs.DiagError, match="truncated"):
+        next(cs.recv_chunks(receiver))
+
+
+def test_recv_chunks_silence_is_error_not_hang(dgram_pair):
+    sender, receiver = dgram_pair
+    chunks = read_chunks("close_wait_leak", "ipv4")
+    assert struct.unpack_from("=IH", chunks[-1], len(chunks[-1]) - 20) == (20, cs.NLMSG_DONE)
+    for chunk in [*chunks[:-1], chunks[-1][:-20]]:  # the dump without its NLMSG_DONE, then nothing
+        if chunk:
+            sender.send(chunk)
+    with pytest.raises(cs.DiagError, match="no reply"):
+        list(cs.decode_diag_stream(cs.recv_chunks(receiver), "ipv4"))
+
+
+def test_recv_chunks_copy_keeps_data(dgram_pair):
+    sender, receiver = dgram_pair
+    chunks = read_chunks("time_wait_churn", "ipv4")
+    for chunk in chunks:
+        sender.send(chunk)
+    got = []
+    for chunk in cs.recv_chunks(receiver, copy=True):
+        got.append(chunk)
+        if len(got) == len(chunks):
+            break
+    assert got == chunks
