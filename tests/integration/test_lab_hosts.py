@@ -153,6 +153,81 @@ def test_stale_run_is_swept_and_live_run_is_kept(bare_host, tmp_path):
     assert netns_inode(bare_host.name) == bare_host.netns_inode
 
 
+# A sweep that reads the registry, then spends time elsewhere (tearing down other runs' leftovers)
+# before it lists the namespaces: stretched here to 0.2 s so that labs get created inside that window.
+SLOW_SWEEPER = textwrap.dedent(
+    """
+    import os, sys, time
+    from netstate_lab import lab
+    counter = sys.argv[1]
+    snapshot = lab.live_runs
+    def slow_live_runs():
+        live = snapshot()
+        time.sleep(0.2)
+        return live
+    lab.live_runs = slow_live_runs
+    end = time.monotonic() + 120
+    for done in range(1, 401):
+        if os.path.exists(counter + ".stop") or time.monotonic() > end:
+            break
+        lab.cleanup_stale()
+        with open(counter + ".tmp", "w") as f:
+            f.write(str(done))
+        os.replace(counter + ".tmp", counter)
+    """
+)
+
+
+def test_concurrent_stale_sweeps_never_remove_a_live_run(lab_available, tmp_path):
+    """Two processes sweep stale runs in a loop while this one creates labs: every lab keeps its namespace."""
+    env = dict(os.environ, PYTHONPATH=LAB_PARENT)
+    counters = [str(tmp_path / f"sweeps-{i}") for i in range(2)]
+    sweepers = [
+        subprocess.Popen([sys.executable, "-c", SLOW_SWEEPER, c], env=env, stderr=subprocess.PIPE, text=True)
+        for c in counters
+    ]
+
+    def sweeps():
+        counts = []
+        for c in counters:
+            try:
+                with open(c, encoding="ascii") as f:
+                    counts.append(int(f.read()))
+            except (OSError, ValueError):
+                counts.append(0)
+        return counts
+
+    try:
+        end = time.monotonic() + 60
+        while min(sweeps()) < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert min(sweeps()) >= 1, "the sweepers did not start"
+        for attempt in range(12):
+            lab = Lab.create(hosts=2, ssh=False)
+            try:
+                before = sweeps()
+                # every sweep running while the lab was made, and one more, has finished
+                wait_end = time.monotonic() + 30
+                while any(now < was + 2 for now, was in zip(sweeps(), before)) and time.monotonic() < wait_end:
+                    assert all(p.poll() is None for p in sweepers), "a sweeper exited"
+                    time.sleep(0.05)
+                assert all(now >= was + 2 for now, was in zip(sweeps(), before)), "sweeps stalled"
+                for h in lab.hosts:
+                    assert netns_exists(h.name), f"lab {attempt}: a concurrent sweep removed live {h.name}"
+                    assert netns_inode(h.name) == h.netns_inode
+                    assert os.path.isdir(h.sysctl_dir)
+                assert os.path.isdir(lab.state_dir)
+            finally:
+                lab.destroy()
+    finally:
+        for c in counters:
+            with open(c + ".stop", "w", encoding="ascii"):
+                pass
+        errors = [p.communicate(timeout=60)[1] for p in sweepers]
+    for err, p in zip(errors, sweepers):
+        assert p.returncode == 0 and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------- ssh hosts
 
 

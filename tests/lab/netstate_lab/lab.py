@@ -895,76 +895,93 @@ def _list_netns():
         return []
 
 
+def run_is_live(run_id):
+    """Whether run ``run_id`` must be left alone, read from its registry entry at this moment.
+
+    Live: its creator is alive, or the entry cannot be read yet and is younger than 60 s (created
+    empty with O_EXCL, its content written right after).
+    """
+    path = os.path.join(REGISTRY_DIR, f"{run_id}.json")
+    try:
+        data = _read_json(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        try:
+            return time.time() - os.stat(path).st_mtime < 60
+        except OSError:
+            return False
+    return pid_alive(data.get("owner_pid"), data.get("owner_start"))
+
+
 def live_runs():
-    """Run ids whose creating process is still alive."""
-    live = set()
+    """Run ids whose creating process is still alive (see run_is_live)."""
     try:
         entries = os.listdir(REGISTRY_DIR)
     except OSError:
-        return live
-    for entry in entries:
-        if not entry.endswith(".json"):
-            continue
-        try:
-            data = _read_json(os.path.join(REGISTRY_DIR, entry))
-        except (OSError, ValueError):
-            # being written right now (created empty with O_EXCL first): treat as live if young
-            try:
-                if time.time() - os.stat(os.path.join(REGISTRY_DIR, entry)).st_mtime < 60:
-                    live.add(entry[:-5])
-            except OSError:
-                pass
-            continue
-        if pid_alive(data.get("owner_pid"), data.get("owner_start")):
-            live.add(data["run_id"])
-    return live
+        return set()
+    return {entry[:-5] for entry in entries if entry.endswith(".json") and run_is_live(entry[:-5])}
 
 
 def cleanup_stale():
     """Remove leftovers of lab runs whose creator is gone: processes, namespaces, /etc/netns dirs, run dirs.
 
+    Safe while other processes create, use and sweep labs: a run's registry entry names its live creator
+    before any namespace, /etc/netns or state dir of the run exists, and is removed only after them. So
+    each leftover is judged by reading its run's entry again after the leftover was seen (run_is_live),
+    never by a list of live runs taken earlier: a run registered since then is not swept.
+
     Returns {"removed": {...}, "skipped_live": [run ids]}.
     """
     check_prerequisites(BASE_TOOLS, purpose="cleanup")
     live = live_runs()
+
+    def stale(run_id):
+        if run_id in live:
+            return False
+        if run_is_live(run_id):  # registered since the first look
+            live.add(run_id)
+            return False
+        return True
+
     removed = {"runs": [], "namespaces": [], "netns_dirs": [], "state_dirs": []}
-    regs = {}
     with contextlib.suppress(OSError):
-        for entry in os.listdir(REGISTRY_DIR):
-            if entry.endswith(".json") and entry[:-5] not in live:
-                try:
-                    regs[entry[:-5]] = _read_json(os.path.join(REGISTRY_DIR, entry))
-                except (OSError, ValueError):
-                    regs[entry[:-5]] = {}
-    for run_id, data in regs.items():
-        pids = [(p, s) for p, s in data.get("pids", []) if p]
-        for name in data.get("namespaces", []):
-            if name in _list_netns():
-                teardown_netns(name, pids)
-                removed["namespaces"].append(name)
-        kill_pids([(p, s) for p, s in pids if pid_alive(p, s) and s is not None])
-        sd = data.get("state_dir")
-        if sd and data.get("created_state_dir") and os.path.isdir(sd):
-            shutil.rmtree(sd, ignore_errors=True)
-            removed["state_dirs"].append(sd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(REGISTRY_DIR, f"{run_id}.json"))
-        removed["runs"].append(run_id)
+        for entry in sorted(os.listdir(REGISTRY_DIR)):
+            run_id = entry[:-5]
+            if not entry.endswith(".json") or not stale(run_id):
+                continue
+            try:
+                data = _read_json(os.path.join(REGISTRY_DIR, entry))
+            except (OSError, ValueError):
+                data = {}
+            pids = [(p, s) for p, s in data.get("pids", []) if p]
+            for name in data.get("namespaces", []):
+                if name in _list_netns():
+                    teardown_netns(name, pids)
+                    removed["namespaces"].append(name)
+            kill_pids([(p, s) for p, s in pids if pid_alive(p, s) and s is not None])
+            sd = data.get("state_dir")
+            if sd and data.get("created_state_dir") and os.path.isdir(sd):
+                shutil.rmtree(sd, ignore_errors=True)
+                removed["state_dirs"].append(sd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(REGISTRY_DIR, entry))
+            removed["runs"].append(run_id)
     for name in _list_netns():
         m = RUN_ID_RE.match(name)
-        if m and m.group(1) not in live:
+        if m and stale(m.group(1)):
             teardown_netns(name)
             removed["namespaces"].append(name)
     with contextlib.suppress(OSError):
         for name in os.listdir(NETNS_ETC):
             m = RUN_ID_RE.match(name)
-            if m and m.group(1) not in live:
+            if m and stale(m.group(1)):
                 shutil.rmtree(os.path.join(NETNS_ETC, name), ignore_errors=True)
                 removed["netns_dirs"].append(name)
     with contextlib.suppress(OSError):
         for name in os.listdir(DEFAULT_BASE_DIR):
             m = RUN_ID_RE.match(name)
-            if m and m.group(1) not in live and not os.path.exists(os.path.join(REGISTRY_DIR, f"{m.group(1)}.json")):
+            if m and stale(m.group(1)) and not os.path.exists(os.path.join(REGISTRY_DIR, f"{m.group(1)}.json")):
                 shutil.rmtree(os.path.join(DEFAULT_BASE_DIR, name), ignore_errors=True)
                 removed["state_dirs"].append(os.path.join(DEFAULT_BASE_DIR, name))
     removed["namespaces"] = sorted(set(removed["namespaces"]))
