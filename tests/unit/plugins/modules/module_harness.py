@@ -4,6 +4,8 @@
 """Running a module the way the module tests need it (imported by basename, like collect_sockets_fixtures).
 
 argument_spec(module)       the keyword arguments main() passes to AnsibleModule (captured, main() stopped there)
+assert_options_documented(documented, spec)   DOCUMENTATION options and argument_spec name the same options
+                            with the same type, default, choices and elements
 run_module(module, args)    the module run as Ansible runs it: a subprocess given ANSIBLE_MODULE_ARGS;
                             asserts that no traceback reached stderr and returns the parsed result
 """
@@ -37,6 +39,15 @@ def argument_spec(module):
     finally:
         module.AnsibleModule = original
     return captured
+
+
+def assert_options_documented(documented, spec):
+    """``documented`` (DOCUMENTATION's options) describes exactly the options of ``spec`` (an argument_spec)."""
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        assert documented[name]["type"] == option["type"], name
+        for key in ("default", "choices", "elements"):
+            assert documented[name].get(key) == option.get(key), (name, key)
 
 
 def run_module(module, args, check=False, diff=False, timeout=120):

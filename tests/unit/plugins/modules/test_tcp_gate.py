@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import yaml
-from module_harness import argument_spec, run_module
+from module_harness import argument_spec, assert_options_documented, run_module
 
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
 from ansible_collections.netstate.tcp.plugins.modules import tcp_gate
@@ -25,11 +25,7 @@ def test_documentation_matches_argument_spec():
     assert "thresholds" not in documented  # documented by the netstate.tcp.thresholds fragment
     args = dict(spec["argument_spec"])
     assert args.pop("thresholds") == {"type": "dict"}
-    assert set(documented) == set(args)
-    for name, option in args.items():
-        assert documented[name]["type"] == option["type"], name
-        assert documented[name].get("default") == option.get("default"), name
-        assert documented[name].get("choices") == option.get("choices"), name
+    assert_options_documented(documented, args)
     for code in CODES:  # every valid finding code is documented
         assert f"V({code})" in tcp_gate.DOCUMENTATION
     yaml.safe_load(tcp_gate.EXAMPLES)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from module_harness import argument_spec, run_module
+from module_harness import argument_spec, assert_options_documented, run_module
 
 from ansible_collections.netstate.tcp.plugins.modules import tcp_socket_info
 
@@ -16,14 +16,7 @@ def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(tcp_socket_info.DOCUMENTATION)
     spec = argument_spec(tcp_socket_info)
     assert spec["supports_check_mode"] is True
-    args = spec["argument_spec"]
-    assert set(doc["options"]) == set(args)
-    for name, option in args.items():
-        documented = doc["options"][name]
-        assert documented["type"] == option["type"], name
-        assert documented.get("default") == option.get("default"), name
-        assert documented.get("choices") == option.get("choices"), name
-        assert documented.get("elements") == option.get("elements"), name
+    assert_options_documented(doc["options"], spec["argument_spec"])
     yaml.safe_load(tcp_socket_info.EXAMPLES)
     yaml.safe_load(tcp_socket_info.RETURN)
 

@@ -29,12 +29,7 @@ def live(name):
 def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(tcp_sysctl.DOCUMENTATION)
     spec = module_harness.argument_spec(tcp_sysctl)["argument_spec"]
-    assert set(doc["options"]) == set(spec)
-    for name, option in spec.items():
-        documented = doc["options"][name]
-        assert documented["type"] == option["type"], name
-        assert documented.get("default") == option.get("default"), name
-        assert documented.get("choices") == option.get("choices"), name
+    module_harness.assert_options_documented(doc["options"], spec)
     assert doc["version_added"] == "0.1.0"
     assert doc["attributes"]["check_mode"]["support"] == "full"
     assert doc["attributes"]["diff_mode"]["support"] == "full"
