@@ -16,22 +16,11 @@ from collections import Counter
 
 import pytest
 
+from netstate_lab.ss import SS_LABEL_TO_STATE
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
 
-SS_STATES = {
-    "ESTAB": "ESTABLISHED",
-    "SYN-SENT": "SYN_SENT",
-    "SYN-RECV": "SYN_RECV",
-    "FIN-WAIT-1": "FIN_WAIT1",
-    "FIN-WAIT-2": "FIN_WAIT2",
-    "TIME-WAIT": "TIME_WAIT",
-    "UNCONN": "CLOSE",
-    "CLOSE-WAIT": "CLOSE_WAIT",
-    "LAST-ACK": "LAST_ACK",
-    "LISTEN": "LISTEN",
-    "CLOSING": "CLOSING",
-}
 
 COLLECT = """
 import json, sys
@@ -96,7 +85,7 @@ def ss(host, *args):
             continue
         rows.append(
             {
-                "state": SS_STATES[f[0]],
+                "state": SS_LABEL_TO_STATE[f[0]],
                 "recvq": int(f[1]),
                 "sendq": int(f[2]),
                 "local": f[3],

@@ -8,19 +8,7 @@ import shutil
 import pytest
 
 from netstate_lab import KINDS
-
-SS_STATE = {
-    "ESTABLISHED": "established",
-    "SYN_SENT": "syn-sent",
-    "SYN_RECV": "syn-recv",
-    "FIN_WAIT1": "fin-wait-1",
-    "FIN_WAIT2": "fin-wait-2",
-    "TIME_WAIT": "time-wait",
-    "CLOSE_WAIT": "close-wait",
-    "LAST_ACK": "last-ack",
-    "LISTEN": "listening",
-    "CLOSING": "closing",
-}
+from netstate_lab.ss import STATE_TO_SS_FILTER
 
 # small counts: the tests prove agreement, not scale (make bench runs the 300k mix)
 SMALL = {
@@ -55,7 +43,7 @@ def test_scenario_counts_match_ss(bare_host, kind):
     assert sc.report["pid"] == sc.pid
     assert expected, "a scenario must promise some states"
     for state, count in expected.items():
-        assert len(ss_lines(bare_host, "state", SS_STATE[state])) == count, state
+        assert len(ss_lines(bare_host, "state", STATE_TO_SS_FILTER[state])) == count, state
     # nothing else lives in a bare namespace: the total matches too
     assert len(ss_lines(bare_host)) == sum(expected.values())
     # the process that made them runs inside the namespace under its recognisable name

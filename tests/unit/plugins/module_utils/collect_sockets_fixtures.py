@@ -13,22 +13,11 @@ import os
 import struct
 from collections import Counter
 
+from netstate_lab.ss import SS_LABEL_TO_STATE
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "collect_sockets")
 NAMES = sorted(name for name in os.listdir(FIXTURES) if os.path.isfile(os.path.join(FIXTURES, name, "meta.json")))
 
-SS_STATES = {
-    "ESTAB": "ESTABLISHED",
-    "SYN-SENT": "SYN_SENT",
-    "SYN-RECV": "SYN_RECV",
-    "FIN-WAIT-1": "FIN_WAIT1",
-    "FIN-WAIT-2": "FIN_WAIT2",
-    "TIME-WAIT": "TIME_WAIT",
-    "UNCONN": "CLOSE",
-    "CLOSE-WAIT": "CLOSE_WAIT",
-    "LAST-ACK": "LAST_ACK",
-    "LISTEN": "LISTEN",
-    "CLOSING": "CLOSING",
-}
 # ss -o timer names for idiag_timer 1..4
 SS_TIMERS = {"on": 1, "keepalive": 2, "timewait": 3, "persist": 4}
 
@@ -76,7 +65,7 @@ def parse_ss(text):
         if not fields:
             continue
         row = {
-            "state": SS_STATES[fields[0]],
+            "state": SS_LABEL_TO_STATE[fields[0]],
             "recvq": int(fields[1]),
             "sendq": int(fields[2]),
             "local": split_endpoint(fields[3]),
