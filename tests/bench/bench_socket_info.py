@@ -109,7 +109,12 @@ def run() -> str:
     ]
     for row in results:
         peak = f"{row['peak'] / 1024 / 1024:.1f} MiB" if row["peak"] is not None else "-"
-        ratio = "baseline" if row is results[0] else f"{base / row['median']:.1f}x cheaper"
+        if row is results[0]:
+            ratio = "baseline"
+        elif row["median"] <= base:
+            ratio = f"{base / row['median']:.1f}x cheaper"
+        else:
+            ratio = f"{row['median'] / base:.1f}x dearer"
         lines.append(f"| {row['name']} | {row['matched']} | {row['median'] * 1000:.1f} ms | {ratio} | {peak} |")
     lines += [
         "",
