@@ -395,6 +395,10 @@ class SysctlDropIn:
             writes += [
                 (name, normalize_value(name, text)) for name, text in released.items() if live_before[name] != text
             ]
+        else:
+            # Live values are left alone: a released key that still differs from its saved value keeps
+            # that value in the state, so a later run with apply (or state=absent) can still restore it.
+            previous.update({name: text for name, text in released.items() if live_before[name] != text})
         return {
             "live_before": live_before,
             "writes": writes,

@@ -67,6 +67,8 @@ options:
     description:
       - Whether to change live values. With V(false) only the file (and saved state) are written or removed;
         the values take effect at the next boot or C(sysctl --system).
+      - A key dropped from O(sysctls) keeps its saved value in the state file while its live value still
+        differs from it, so a later run with O(apply=true) or O(state=absent) restores it.
     type: bool
     default: true
   on_global_in_namespace:

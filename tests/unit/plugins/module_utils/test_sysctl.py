@@ -321,6 +321,20 @@ def test_apply_false_writes_only_the_file(lab_proc, conf):
     assert parse_conf(Path(conf).read_text()) == {"net.ipv4.tcp_fin_timeout": "30"}
 
 
+def test_apply_false_keeps_the_saved_value_of_a_released_key(lab_proc, conf):
+    before = snapshot(lab_proc, conf)
+    run_present(lab_proc, conf, {"net.ipv4.ip_local_port_range": [10240, 65000]})
+    # the file now names another key, live values untouched: the port range is still changed live,
+    # so its replaced value must stay saved for state=absent
+    run_present(lab_proc, conf, {"net.core.somaxconn": 8192}, apply=False)
+    assert _sysctl.read_live("net.ipv4.ip_local_port_range", lab_proc) == (10240, 65000)
+    assert parse_conf(Path(conf).read_text()) == {"net.core.somaxconn": "8192"}
+    assert _sysctl.load_state(conf) == {"net.ipv4.ip_local_port_range": "32768 60999", "net.core.somaxconn": "4096"}
+    dropin = SysctlDropIn(conf, lab_proc, fake_kernel_writer)
+    dropin.execute(dropin.plan_absent())
+    assert snapshot(lab_proc, conf) == before
+
+
 def test_check_mode_diff_without_writing(lab_proc, conf):
     before = snapshot(lab_proc, conf)
     wanted, _s, _w = validate_request({"net.ipv4.tcp_fin_timeout": 30}, "skip", NON_INITIAL, lab_proc)
