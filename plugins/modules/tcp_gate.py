@@ -216,7 +216,9 @@ elapsed:
   type: float
   sample: 0.12
 warnings_list:
-  description: Checks that could not be measured, and what the facts collection could not read.
+  description:
+    - Checks that could not be measured, and what the facts collection could not read.
+    - The checks that could not be measured (they pass) are also shown as task warnings.
   returned: when the options are valid
   type: list
   elements: str
@@ -268,6 +270,9 @@ def main():
         result = _gate.run_gate(spec, lambda detailed: _gate.sample_host(spec, collect, detailed))
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_gate: cannot sample the host: {err}", passed=False, exception=traceback.format_exc())
+    for warning in result["warnings"]:
+        # an unmeasurable ratio check passes: say so where the operator looks, not only in warnings_list
+        module.warn(warning)
     output = {
         "changed": False,
         "passed": result["passed"],
