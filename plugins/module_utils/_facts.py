@@ -312,7 +312,8 @@ def gather_facts(options):
             before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
         )
     tcp_state = blocks[""]
-    tcp_state["warnings"] = warnings + tcp_state["warnings"]
+    # With `interval` both samples meet the same unreadable namespace: say each thing once.
+    tcp_state["warnings"] = list(dict.fromkeys(warnings + tcp_state["warnings"]))
     facts = {"tcp_state": tcp_state}
     if options["namespaces"] != "current":
         namespaces = {}

@@ -286,6 +286,10 @@ ansible_facts:
               description: C({pid, comm}) of the process holding the socket, null when unknown or O(owners=[]).
               type: dict
               returned: always
+            inode:
+              description: Inode of the listening socket (as in C(ss -tle)), to match it with C(/proc/<pid>/fd).
+              type: int
+              returned: always
           sample: [{local: "0.0.0.0:80", accept_queue: 0, backlog: 511, fill: 0.0, owner: {pid: 812, comm: nginx}}]
         timers:
           description:
