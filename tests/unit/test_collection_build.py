@@ -1,0 +1,91 @@
+"""The collection tarball (`ansible-galaxy collection build`) ships the collection and nothing of the workshop.
+
+Built from a copy of the tracked files plus the leftovers `make test` / `make audit` leave in a working tree
+(caches, reports, the venv), so the check holds in a fresh clone and in a used one alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GALAXY = Path(sys.executable).with_name("ansible-galaxy")
+
+# What a user installs: the collection's content and the files an execution environment build reads.
+SHIPPED = {
+    "MANIFEST.json",
+    "FILES.json",
+    "README.md",
+    "requirements.txt",
+    "bindep.txt",
+    "meta",
+    "plugins",
+    "roles",
+    "playbooks",
+    "changelogs",
+    "docs",
+}
+LEFTOVERS = [
+    ".venv/bin/python",
+    ".build/collections/x",
+    ".hypothesis/constants/x",
+    ".pytest_cache/v/x",
+    ".ruff_cache/0/x",
+    ".ansible/x",
+    "reports/20261121T000000Z/report.json",
+    "molecule/default/.cache/x",
+    "tests/lab/netstate_lab.egg-info/PKG-INFO",
+    "netstate-tcp-0.0.1.tar.gz",
+]
+
+
+def tracked_copy(dest):
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        src = ROOT / name
+        if name and src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    for name in LEFTOVERS:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text("leftover\n")
+
+
+def test_tarball_ships_the_collection_only(tmp_path):
+    tree = tmp_path / "tree"
+    tracked_copy(tree)
+    out = tmp_path / "out"
+    subprocess.run(
+        [str(GALAXY), "collection", "build", "--output-path", str(out), str(tree)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    (tarball,) = out.glob("*.tar.gz")
+    assert tarball.name == f"{galaxy['namespace']}-{galaxy['name']}-{galaxy['version']}.tar.gz"
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    top = {name.split("/", 1)[0] for name in names}
+    assert top <= SHIPPED, sorted(top - SHIPPED)
+    assert not [name for name in names if "leftover" in name or "__pycache__" in name or name.endswith(".pyc")]
+    # Every module, module_util, role and playbook of the tree is in it.
+    for pattern in ("plugins/**/*.py", "roles/*/*/*.yml", "playbooks/*.yml", "meta/*.yml"):
+        expected = {str(p.relative_to(ROOT)) for p in ROOT.glob(pattern) if "__pycache__" not in p.parts}
+        assert expected <= set(names), sorted(expected - set(names))
+    # Code and docs only: far below Galaxy's upload limit.
+    assert tarball.stat().st_size < 2 * 1024 * 1024
+
+
+def test_runtime_action_group_lists_every_module():
+    runtime = yaml.safe_load((ROOT / "meta" / "runtime.yml").read_text())
+    modules = {p.stem for p in (ROOT / "plugins" / "modules").glob("*.py") if not p.stem.startswith("_")}
+    # tcp_fleet_report runs on the controller (an action plugin) and takes no module_defaults of the group.
+    assert set(runtime["action_groups"]["tcp"]) == modules - {"tcp_fleet_report"}
