@@ -15,7 +15,7 @@ COLL_DIR  := $(BUILD)/collections/ansible_collections/netstate
 # checkout's git, which ignores .build/, and skip every target.
 SANITY_ROOT ?= $(or $(TMPDIR),/tmp)/netstate-tcp-sanity-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)
 SANITY_DIR := $(SANITY_ROOT)/ansible_collections/netstate/tcp
-APT_PACKAGES := openssh-server openssh-client socat nftables iproute2 procps net-tools chromium shellcheck
+APT_PACKAGES := python3-venv openssh-server openssh-client socat nftables iproute2 procps net-tools chromium shellcheck
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg

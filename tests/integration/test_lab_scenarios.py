@@ -23,6 +23,18 @@ SMALL = {
 }
 
 
+# What each kind promises for its `count`, independent of the scenario's own report: (state, sockets per count).
+PROMISED = {
+    "time_wait_churn": ("TIME_WAIT", 1),
+    "close_wait_leak": ("CLOSE_WAIT", 1),
+    "fin_wait1_zero_window": ("FIN_WAIT1", 1),
+    "fin_wait2_orphans": ("FIN_WAIT2", 1),
+    "listen_overflow": ("SYN_SENT", 1),
+    "syn_recv": ("SYN_RECV", 1),
+    "established": ("ESTABLISHED", 2),
+}
+
+
 def ss_lines(host, *args):
     res = host.run(["ss", "-Htan", *args], check=True)
     return [line.split() for line in res.stdout.splitlines() if line.strip()]
@@ -46,6 +58,12 @@ def test_scenario_counts_match_ss(bare_host, kind):
         assert len(ss_lines(bare_host, "state", STATE_TO_SS_FILTER[state])) == count, state
     # nothing else lives in a bare namespace: the total matches too
     assert len(ss_lines(bare_host)) == sum(expected.values())
+    # and the report promises what was asked for, not merely what it happened to make
+    if kind in PROMISED:
+        state, per_count = PROMISED[kind]
+        assert len(ss_lines(bare_host, "state", STATE_TO_SS_FILTER[state])) == per_count * opts["count"], state
+    else:  # mix: `count` sockets besides its listeners
+        assert len(ss_lines(bare_host, "exclude", "listening")) == opts["count"]
     # the process that made them runs inside the namespace under its recognisable name
     assert sc.pid in bare_host.pids()
     with open(f"/proc/{sc.pid}/comm", encoding="ascii") as f:
