@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
@@ -71,3 +75,55 @@ def test_tw_recycle_is_never_a_key_anywhere():
         keys = list(mapping_keys(yaml.safe_load(path.read_text())))
         assert keys, path
         assert not [k for k in keys if "tcp_tw_recycle" in k], path
+
+
+@pytest.mark.parametrize(
+    ("orphan_cap", "fragment"),
+    [
+        ({"memory_mb": 1024, "retries": 0}, "retries >= 1 (tcp_orphan_retries 0 means 8 in the kernel)"),
+        ({"memory_mb": -5}, "needs memory_mb > 0"),
+    ],
+)
+def test_bad_orphan_cap_fails_before_anything_is_read(tmp_path, orphan_cap, fragment):
+    # the role's first task, on localhost in check mode: it must fail before gathering facts or touching sysctls
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Remediate with a bad orphan cap",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": [{"role": "netstate.tcp.remediate", "vars": {"remediate_orphan_cap": orphan_cap}}],
+                }
+            ]
+        )
+    )
+    root = ROLE.parents[1]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "--check",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(playbook),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    tasks = [line for line in out.splitlines() if line.startswith("TASK [")]
+    # argument validation, then the check that fails: nothing gathered, no sysctl read or set
+    assert len(tasks) == 2 and "Check the requested profiles and orphan cap" in tasks[1], tasks
+    assert "fatal: [localhost]: FAILED!" in out
+    assert fragment in " ".join(out.split())
