@@ -187,6 +187,50 @@ def test_syn_backlog_pressure_on_half_open_connections(lab):
         sc.stop()
 
 
+def test_ephemeral_port_pressure_names_the_busiest_tuple():
+    """ip_local_port_range narrowed in a namespace of its own: the scenario's client ports fill most of it."""
+    with Lab.create(hosts=1, ssh=False) as lab:
+        host = lab.hosts[0]
+        count = 150
+        sc = host.start_scenario("established", count=count)
+        try:
+            # The clients' local ports, per ss, give the range that they fill three quarters of.
+            rows = ss_rows(host, "established")
+            port = sc.report["ports"]["server"][0]
+            clients = [(local, peer) for _rq, _sq, local, peer in rows if peer.endswith(f":{port}")]
+            assert len(clients) == count
+            client_ports = sorted(int(local.rsplit(":", 1)[1]) for local, _peer in clients)
+            low = client_ports[0]
+            high = low + (count * 4 // 3) - 1
+            assert client_ports[-1] <= high
+            host.set_sysctl("net.ipv4.ip_local_port_range", f"{low} {high}")
+            tuples = {}
+            for local, peer in clients:
+                key = (local.rsplit(":", 1)[0], peer)
+                tuples[key] = tuples.get(key, 0) + 1
+            (busiest_key, busiest) = max(tuples.items(), key=lambda item: item[1])
+
+            facts = gather(host)
+            ports = facts["pressure"]["ephemeral_ports"]
+            assert ports["range"] == high - low + 1
+            assert ports["in_use"] == busiest
+            tuple_ = ports["busiest_tuple"]
+            assert (tuple_["local_address"], f"{tuple_['peer_address']}:{tuple_['peer_port']}") == busiest_key
+            found = by_code(facts)["EPHEMERAL_PORT_PRESSURE"]
+            ratio = busiest / (high - low + 1)
+            expected = "critical" if ratio >= DEFAULT_THRESHOLDS["ephemeral_port_ratio_critical"] else "warning"
+            assert ratio >= DEFAULT_THRESHOLDS["ephemeral_port_ratio_warning"]
+            assert found["severity"] == expected
+            assert found["evidence"]["ip_local_port_range"] == [low, high]
+            assert found["remediation"]["kind"] == "capacity"
+
+            # The default range (28232 ports) holds them easily: no finding.
+            host.set_sysctl("net.ipv4.ip_local_port_range", "32768 60999")
+            assert "EPHEMERAL_PORT_PRESSURE" not in by_code(gather(host))
+        finally:
+            sc.stop()
+
+
 def test_module_through_ssh_reports_findings(ansible_env):
     """The real module over the lab's ssh: a leak on h1, nothing above info on h2."""
     with Lab.create(hosts=2, ssh=True) as lab:
