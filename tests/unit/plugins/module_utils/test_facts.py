@@ -228,3 +228,96 @@ def test_recorded_listen_overflow_facts_name_the_slow_acceptor():
     assert listener["accept_queue"] == report["accept_queue"]
     assert listener["backlog"] == report["backlog"]
     assert [finding["code"] for finding in facts["findings"]] == ["LISTEN_OVERFLOW"]
+
+
+# ---- the DESIGN.md contract, key by key --------------------------------------
+
+NUMBER = (int, float)
+
+
+def check_contract(block):
+    """Every name of DESIGN.md's tcp_state schema, with its type and shape (extra keys are allowed)."""
+    assert block["schema"] == 1
+    assert isinstance(block["collected_at"], str) and block["collected_at"].endswith("Z")
+    assert block["source"] in ("netlink", "procfs")
+    assert isinstance(block["kernel"], str)
+    assert set(block["namespace"]) >= {"inode", "name", "initial"}
+    assert isinstance(block["namespace"]["initial"], bool)
+    assert set(block["states"]) == set(STATES)
+    assert all(isinstance(v, int) for v in block["states"].values())
+    assert block["total"] == sum(block["states"].values())
+    assert set(block["families"]) == {"ipv4", "ipv6"}
+    for family in block["families"].values():
+        assert set(family) == set(STATES)
+    assert "LISTEN" not in block["queues"]
+    for queue in block["queues"].values():
+        assert set(queue) >= {"send_bytes", "recv_bytes"}
+    fills = []
+    for listener in block["listeners"]:
+        assert set(listener) >= {"local", "accept_queue", "backlog", "fill", "owner"}
+        assert listener["owner"] is None or set(listener["owner"]) >= {"pid", "comm"}
+        fills.append(listener["fill"] or 0.0)
+    assert fills == sorted(fills, reverse=True), "listeners are sorted by fill ratio"
+    for timers in block["timers"].values():
+        assert set(timers) >= {"retransmit", "persist", "keepalive", "time_wait", "zero_window", "max_retransmits"}
+    assert set(block["top"]) >= {"by_local_port", "by_local_address", "by_peer"}
+    for state, entries in block["top"]["by_local_port"].items():
+        assert block["states"][state] > 0, "top lists only states that have sockets"
+        assert all(set(e) >= {"port", "count"} for e in entries)
+    for entries in block["top"]["by_local_address"].values():
+        assert all(set(e) >= {"address", "count"} for e in entries)
+    for entries in block["top"]["by_peer"].values():
+        assert all(set(e) >= {"address", "count", "scope"} for e in entries)
+        assert all(e["scope"] in ("loopback", "local", "remote") for e in entries)
+    for entries in block["owners"].values():
+        for owner in entries:
+            assert set(owner) >= {"pid", "comm", "cmdline", "user", "cgroup", "container", "sockets"}
+    sockstat = block["sockstat"]
+    host_wide = {"tcp_orphan", "tcp_alloc", "tcp_mem_pages"}
+    local = {"tcp_inuse", "tcp_tw"}
+    assert set(sockstat) >= host_wide | local | {"tcp_mem_bytes", "tcp6_inuse", "scope"}
+    assert all(sockstat["scope"][key] == "host" for key in host_wide)
+    assert all(sockstat["scope"][key] == "namespace" for key in local)
+    assert isinstance(block["counters"], dict) and isinstance(block["rates"], dict)
+    assert isinstance(block["persistent"], dict)
+    assert {"net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_orphan_retries", "net.ipv4.tcp_max_orphans"} <= set(
+        block["sysctls"]
+    )
+    retries = block["sysctls"]["net.ipv4.tcp_orphan_retries"]
+    assert block["effective"]["tcp_orphan_retries"] == (8 if retries == 0 else retries)
+    pressure = block["pressure"]
+    assert set(pressure["orphans"]) >= {"count", "limit", "ratio", "ratio_penalized_4x"}
+    assert set(pressure["memory"]) >= {"pages", "low", "pressure", "high", "ratio_to_high"}
+    assert set(pressure["time_wait"]) >= {"count", "limit", "ratio"}
+    assert set(pressure["ephemeral_ports"]) >= {"range", "busiest_tuple", "in_use", "ratio"}
+    assert isinstance(pressure["ephemeral_ports"]["busiest_tuple"], dict)
+    if not block["namespace"]["initial"]:
+        # tcp_max_orphans and tcp_mem do not exist in a non-initial namespace
+        assert block["sysctls"]["net.ipv4.tcp_max_orphans"] is None
+        assert pressure["orphans"]["limit"] is None and pressure["orphans"]["ratio"] is None
+        assert pressure["memory"]["high"] is None and pressure["memory"]["ratio_to_high"] is None
+    for finding in block["findings"]:
+        assert set(finding) >= {"code", "severity", "summary", "evidence", "remediation"}
+        assert finding["code"] in _diagnose.CODES
+        assert finding["severity"] in ("info", "warning", "critical")
+        assert set(finding["remediation"]) >= {"kind", "text", "sysctls"}
+    assert isinstance(block["warnings"], list)
+
+
+def test_assembled_block_follows_the_design_contract(options):
+    options = dict(options, interval=1.5)
+    first = sample("close_wait_leak_1.json", 10.0)
+    last = sample("close_wait_leak_2.json", 11.5)
+    block = _facts.build_block(first, last, options)
+    check_contract(block)
+    assert set(block["owners"]) == set(options["owners"])
+    assert set(block["persistent"]) == {"FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK"}
+    assert set(block["rates"]) <= set(block["counters"]) and block["rates"]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in os.listdir(os.path.join(FIXTURES, "facts")) if n.endswith(".json") and ".report" not in n)
+)
+def test_recorded_facts_follow_the_design_contract(name):
+    """Facts the module gathered on lab namespaces and the initial one (fixtures/facts/record.py)."""
+    check_contract(load("facts", name))
