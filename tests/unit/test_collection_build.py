@@ -89,3 +89,17 @@ def test_runtime_action_group_lists_every_module():
     modules = {p.stem for p in (ROOT / "plugins" / "modules").glob("*.py") if not p.stem.startswith("_")}
     # tcp_fleet_report runs on the controller (an action plugin) and takes no module_defaults of the group.
     assert set(runtime["action_groups"]["tcp"]) == modules - {"tcp_fleet_report"}
+
+
+def test_execution_environment_requirements_have_no_pins():
+    """ansible-builder merges every collection's requirements: == pins and upper bounds conflict."""
+    meta = yaml.safe_load((ROOT / "meta" / "execution-environment.yml").read_text())
+    python = ROOT / meta["dependencies"]["python"]
+    assert (ROOT / meta["dependencies"]["system"]).is_file()
+    lines = [line.split("#", 1)[0].strip() for line in python.read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    assert requirements
+    for requirement in requirements:
+        assert "==" not in requirement and "<" not in requirement and "~=" not in requirement, requirement
+        name = requirement.split(">", 1)[0].split("[", 1)[0].strip().lower()
+        assert name not in ("ansible", "ansible-core"), "execution environments provide ansible-core"
