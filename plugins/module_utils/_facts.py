@@ -90,8 +90,8 @@ def normalize_options(params=None):
 
     namespaces = options["namespaces"]
     if isinstance(namespaces, str):
-        if namespaces.strip() in ("current", "all"):
-            namespaces = namespaces.strip()
+        if namespaces.strip().lower() in ("current", "all"):
+            namespaces = namespaces.strip().lower()
         else:
             namespaces = [item.strip() for item in namespaces.split(",") if item.strip()]
     if isinstance(namespaces, (list, tuple)):
@@ -100,7 +100,11 @@ def normalize_options(params=None):
                 "namespaces: must be 'current', 'all' or a non-empty list of namespace names "
                 f"(names in /run/netns or inode:<n>), got {namespaces!r}"
             )
-        namespaces = list(dict.fromkeys(namespaces))
+        # The keywords inside a list ([all], [current, blue]) mean what they mean alone; the current
+        # namespace is always described, so 'current' adds nothing to a list of names.
+        keywords = {item.strip().lower() for item in namespaces} & {"current", "all"}
+        names = [item for item in dict.fromkeys(namespaces) if item.strip().lower() not in ("current", "all")]
+        namespaces = "all" if "all" in keywords else (names or "current")
     elif namespaces not in ("current", "all"):
         raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 

@@ -70,6 +70,8 @@ options:
         namespaces of containers are covered too.
       - A list of names (as in C(ip netns list)) or C(inode:<n>) adds those namespaces; an unknown name fails
         the task with the list of available names.
+      - V(current) and V(all) are read in any case, also inside a list (V([all]) is V(all)); the current
+        namespace is always described, so V(current) adds nothing to a list of names.
       - Entering another namespace needs root (C(CAP_SYS_ADMIN)); a namespace that cannot be entered is
         listed in RV(ansible_facts.tcp_state.warnings).
       - Host-wide figures (sockstat C(tcp_orphan), C(tcp_alloc), C(tcp_mem_pages)) appear once, in

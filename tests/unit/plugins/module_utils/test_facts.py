@@ -111,6 +111,12 @@ def test_namespaces_forms():
     assert _facts.normalize_options({"namespaces": "all"})["namespaces"] == "all"
     assert _facts.normalize_options({"namespaces": "blue,red"})["namespaces"] == ["blue", "red"]
     assert _facts.normalize_options({"namespaces": ["blue", "blue", "inode:1"]})["namespaces"] == ["blue", "inode:1"]
+    # The keywords in any case, also as a list (what `namespaces: [current]` in a playbook gives).
+    assert _facts.normalize_options({"namespaces": "ALL"})["namespaces"] == "all"
+    assert _facts.normalize_options({"namespaces": ["current"]})["namespaces"] == "current"
+    assert _facts.normalize_options({"namespaces": ["all"]})["namespaces"] == "all"
+    assert _facts.normalize_options({"namespaces": ["blue", "all"]})["namespaces"] == "all"
+    assert _facts.normalize_options({"namespaces": ["current", "blue"]})["namespaces"] == ["blue"]
 
 
 @pytest.mark.parametrize(
