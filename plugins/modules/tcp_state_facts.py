@@ -304,7 +304,8 @@ ansible_facts:
         top:
           description:
             - For each state that has sockets, the O(top) busiest C(by_local_port), C(by_local_address) and
-              C(by_peer) (peer C(scope) is V(loopback), V(local) or V(remote)).
+              C(by_peer) (peer C(scope) is V(loopback), V(local) or V(remote)). LISTEN sockets are in
+              RV(ansible_facts.tcp_state.listeners) instead.
           returned: always
           type: dict
           sample: {by_local_port: {TIME_WAIT: [{port: 6601, count: 5000}]},
