@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import validate_thresholds
 from ansible_collections.netstate.tcp.plugins.plugin_utils._fleet_report import (
     DEFAULT_FORMATS,
     FORMATS,
@@ -33,6 +34,7 @@ ARGUMENT_SPEC = {
     "output_dir": {"type": "path", "default": "reports"},
     "formats": {"type": "list", "elements": "str", "choices": list(FORMATS), "default": list(DEFAULT_FORMATS)},
     "query": {"type": "str"},
+    "thresholds": {"type": "dict"},
 }
 
 
@@ -45,6 +47,13 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         hostvars = task_vars.get("hostvars", {})
+        if args["thresholds"] is not None:
+            # the thresholds the hosts are (to be) audited with: checked here, on the controller, as
+            # tcp_state_facts checks them, so a bad key fails before any host is touched
+            try:
+                validate_thresholds(args["thresholds"])
+            except ValueError as exc:
+                raise AnsibleActionFail(f"audit_thresholds: {exc}") from exc
         in_play = set(args["play_hosts"] if args["play_hosts"] is not None else args["hosts"])
 
         def fleet():

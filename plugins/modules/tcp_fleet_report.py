@@ -83,6 +83,13 @@ options:
       - Its result is returned in RV(query_result) and saved in C(report.json) as C(query_result).
       - An invalid expression fails the task with a message naming the expression.
     type: str
+  thresholds:
+    description:
+      - The O(netstate.tcp.tcp_state_facts#module:thresholds) the hosts are audited with. They are only checked,
+        the way M(netstate.tcp.tcp_state_facts) checks them; an unknown key or a bad value fails the task.
+      - C(playbooks/audit.yml) passes C(audit_thresholds) here in check mode with O(hosts=[]), so bad
+        thresholds fail before any host is touched instead of failing on every host.
+    type: dict
 notes:
   - The controller needs the Python package C(jmespath) only when O(query) is used.
 seealso:

@@ -79,7 +79,15 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     out = tmp_path / "reports"
     # audit_query is checked first by the action in check mode (no host, no file), then run on the report
     done = playbook(
-        "-i", str(inventory), "playbooks/audit.yml", "-e", f"audit_output_dir={out}", "-e", "audit_query=fleet"
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "-e",
+        f"audit_output_dir={out}",
+        "-e",
+        "audit_query=fleet",
+        "-e",
+        '{"audit_thresholds": {"close_wait_warning": 50}}',
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "latest" / "report.json").read_text())
@@ -101,6 +109,35 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     for name in ("good", "down", "broken"):
         assert any(line.strip().startswith(name) for line in done.stdout.splitlines())
     assert f"reports: {out}" in done.stdout
+
+
+def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):
+    inventory = tmp_path / "inventory.yml"
+    marker = tmp_path / "touched"
+    # a host whose "python" leaves a mark: it must never be run
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    inventory.write_text(
+        json.dumps({"all": {"hosts": {"h": {"ansible_connection": "local", "ansible_python_interpreter": str(fake)}}}})
+    )
+    out = tmp_path / "reports"
+    done = playbook(
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "-e",
+        f"audit_output_dir={out}",
+        "-e",
+        '{"audit_thresholds": {"close_wait_warn": 50}}',
+    )
+    assert done.returncode != 0
+    assert "audit_thresholds: thresholds: unknown key 'close_wait_warn'; valid keys:" in done.stdout
+    assert "close_wait_warning" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Gather tcp_state facts" not in done.stdout
+    assert not marker.exists()
+    assert not out.exists()
 
 
 RECORDED_PLAY = """
