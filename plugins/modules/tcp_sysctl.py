@@ -150,6 +150,7 @@ skipped_sysctls:
 previous:
   description:
     - The values the managed keys had before this module first set them, as saved in the state file.
+    - With O(apply=false), also keys dropped from the file whose live value was left changed (restored later).
     - With O(state=absent), the values that were restored.
   returned: always
   type: dict
