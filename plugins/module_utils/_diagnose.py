@@ -287,6 +287,14 @@ def _num(value):
     return None
 
 
+def _ratio_or_derived(ratio, part, whole):
+    """A pressure block's ratio, or part / whole when the block left it out (older or partial facts)."""
+    ratio = _num(ratio)
+    if ratio is None and part is not None and whole:
+        return part / whole
+    return ratio
+
+
 def _n(value):
     """_num with 0 for unknown: for counts where a missing key means none."""
     value = _num(value)
@@ -603,9 +611,7 @@ def _human_bytes(value):
 def _orphan_pressure(facts, th):
     orphans = _dict(_get(facts, "pressure", "orphans"))
     count, limit = _num(orphans.get("count")), _num(orphans.get("limit"))
-    ratio = _num(orphans.get("ratio"))
-    if ratio is None and count is not None and limit:
-        ratio = count / limit
+    ratio = _ratio_or_derived(orphans.get("ratio"), count, limit)
     penalized = _num(orphans.get("ratio_penalized_4x"))
     if penalized is None and ratio is not None:
         penalized = ratio * 4
@@ -655,9 +661,7 @@ def _fmt_ratio(value):
 def _tcp_memory_pressure(facts, th):
     memory = _dict(_get(facts, "pressure", "memory"))
     pages, pressure, high = _num(memory.get("pages")), _num(memory.get("pressure")), _num(memory.get("high"))
-    ratio = _num(memory.get("ratio_to_high"))
-    if ratio is None and pages is not None and high:
-        ratio = pages / high
+    ratio = _ratio_or_derived(memory.get("ratio_to_high"), pages, high)
     ratio_level = _level(ratio, th["memory_ratio_warning"], th["memory_ratio_critical"])
     if pages is not None and pressure and pages >= pressure:
         # Over tcp_mem[1] the kernel is in memory pressure mode right now.
@@ -829,9 +833,8 @@ def _port_of(local):
 
 def _ephemeral_port_pressure(facts, th):
     ports = _dict(_get(facts, "pressure", "ephemeral_ports"))
-    ratio, in_use, size = _num(ports.get("ratio")), _num(ports.get("in_use")), _num(ports.get("range"))
-    if ratio is None and in_use is not None and size:
-        ratio = in_use / size
+    in_use, size = _num(ports.get("in_use")), _num(ports.get("range"))
+    ratio = _ratio_or_derived(ports.get("ratio"), in_use, size)
     severity = _level(ratio, th["ephemeral_port_ratio_warning"], th["ephemeral_port_ratio_critical"])
     if severity is None:
         return None
@@ -861,9 +864,8 @@ def _ephemeral_port_pressure(facts, th):
 
 def _tw_bucket_overflow(facts, th):
     tw = _dict(_get(facts, "pressure", "time_wait"))
-    count, limit, ratio = _num(tw.get("count")), _num(tw.get("limit")), _num(tw.get("ratio"))
-    if ratio is None and count is not None and limit:
-        ratio = count / limit
+    count, limit = _num(tw.get("count")), _num(tw.get("limit"))
+    ratio = _ratio_or_derived(tw.get("ratio"), count, limit)
     ratio_level = _level(ratio, th["tw_bucket_ratio_warning"], th["tw_bucket_ratio_critical"])
     counter_level, counter_evidence, counter_note = _counter_level(
         facts, ("TCPTimeWaitOverflow",), th, "tw_overflow_rate_critical"
