@@ -231,15 +231,20 @@ def test_concurrent_stale_sweeps_never_remove_a_live_run(lab_available, tmp_path
 # ---------------------------------------------------------------- ssh hosts
 
 
+def ssh(lab, host, command):
+    """Run a command on a lab host over its real ssh path (ssh_config with the ProxyCommand)."""
+    return subprocess.run(
+        ["ssh", "-F", lab.ssh_config_path, host.alias, command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_ssh_reaches_each_host_in_its_namespace(ssh_lab):
     for h in ssh_lab.hosts:
-        res = subprocess.run(
-            ["ssh", "-F", ssh_lab.ssh_config_path, h.alias, "stat -L -c %i /proc/self/ns/net"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        res = ssh(ssh_lab, h, "stat -L -c %i /proc/self/ns/net")
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip() == str(h.netns_inode)
     # strict host key checking against the generated known_hosts: a wrong key is refused
@@ -254,13 +259,7 @@ def test_ssh_session_sees_private_sysctl_d(ssh_lab):
     with open(marker, "w", encoding="ascii") as f:
         f.write("# marker\n")
     try:
-        res = subprocess.run(
-            ["ssh", "-F", ssh_lab.ssh_config_path, h.alias, "ls /etc/sysctl.d"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        res = ssh(ssh_lab, h, "ls /etc/sysctl.d")
         assert res.returncode == 0, res.stderr
         assert "91-ssh-test.conf" in res.stdout.split()
     finally:
