@@ -1,5 +1,5 @@
-# -*- coding: utf-8 -*-
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The remediation catalog: the one table of sysctl values netstate.tcp recommends.
 
 Findings (_diagnose) recommend exactly these values and the remediate role
