@@ -688,3 +688,28 @@ def collect_churn(seconds, *, identify=identify_process, warnings=None):
     if lost:
         warnings.append(f"trace: the kernel dropped {lost} events (buffer full); rates are lower bounds")
     return ChurnTrace(aggregate, elapsed, lost or 0)
+
+
+def churn_window(seconds, interval, warnings):
+    """Wait once for max(seconds, interval), tracing for `seconds` of it.
+
+    Returns None when `seconds` is 0 (no `churn` fact), else a function (inode, name, top) -> the
+    `churn` fact of that namespace (source null, and one warning saying why, when tracing failed).
+    """
+    if not seconds:
+        if interval:
+            time.sleep(interval)
+        return None
+    started = time.monotonic()
+    try:
+        trace = collect_churn(seconds, warnings=warnings)
+    except (TraceUnavailable, OSError) as err:
+        reason = str(err)
+        warnings.append(f"trace: not possible here, churn.source is null: {reason}")
+        trace = None
+    rest = interval - (time.monotonic() - started)
+    if rest > 0:
+        time.sleep(rest)
+    if trace is None:
+        return lambda _inode, _name, _top: unavailable(seconds, reason)
+    return trace.for_namespace

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _trace
+from ansible_collections.netstate.tcp.plugins.module_utils import _facts, _trace
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "trace", "churn.json")
 # per_cpu/cpu0/stats of an instance in overwrite mode, recorded on 6.18
@@ -187,3 +187,15 @@ def test_mutated_recorded_lines_never_raise(position, junk):
     if event is not None:
         assert 0 <= event["peer"][1] <= 65535
         assert isinstance(event["interrupt"], bool)
+
+
+@pytest.mark.parametrize("bad", [-1, 61, True, "10", [5]])
+def test_trace_option_is_validated(bad):
+    with pytest.raises(ValueError, match=r"^trace: must be a number of seconds from 0 to 60"):
+        _facts.normalize_options({"trace": bad})
+
+
+def test_trace_off_adds_no_churn():
+    warnings = []
+    assert _trace.churn_window(0, 0, warnings) is None
+    assert warnings == []
