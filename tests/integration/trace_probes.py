@@ -96,3 +96,21 @@ def wait_done(scenario, timeout=60.0):
             return report
         time.sleep(0.1)
     raise AssertionError(f"{scenario} never finished its churn")
+
+
+def wait_tracing_in(netns_inode, timeout=120.0):
+    """Wait until a process of network namespace `netns_inode` has its instance enabled; returns its pid."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for name, enabled in tracefs_instances().items():
+            match = INSTANCE.match(name)
+            if not (match and enabled):
+                continue
+            pid = int(match.group(1))
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == netns_inode:
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no tracer of namespace {netns_inode} enabled its tracefs instance")
