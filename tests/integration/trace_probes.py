@@ -19,7 +19,7 @@ INSTANCE = re.compile(r"^netstate-(\d+)-[0-9a-f]+$")
 
 # Runs inside a lab host: one trace session, then the churn fact of each namespace inode given.
 TRACER = r"""
-import json, sys
+import json, resource, sys
 from ansible_collections.netstate.tcp.plugins.module_utils import _trace
 seconds = float(sys.argv[1])
 inodes = [int(x) for x in sys.argv[2:]]
@@ -29,7 +29,9 @@ try:
 except _trace.TraceUnavailable as err:
     print(json.dumps({"unavailable": str(err), "warnings": warnings}))
     sys.exit(0)
-print(json.dumps({"churn": {str(i): trace.for_namespace(i, None, 10) for i in inodes}, "warnings": warnings}))
+churn = {str(i): trace.for_namespace(i, None, 10) for i in inodes}
+maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"churn": churn, "warnings": warnings, "maxrss_kib": maxrss_kib}))
 """
 
 _LOOK = (
