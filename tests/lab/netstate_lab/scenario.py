@@ -691,13 +691,18 @@ def sc_mix(args, deadline):
 # own process; the other side is a child with its own comm.
 
 
+def stop_requested():
+    """A stop signal is pending (they are blocked in scenario processes until hold() takes them)."""
+    return bool(signal.sigpending() & set(_STOP_SIGNALS))
+
+
 def churn_serve(lsock, count, server_closes, deadline):
     """Accept `count` connections; close each at once (server closes first) or after the client's FIN."""
     lsock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ)
     accepted = closed = 0
-    while closed < count and deadline.left() > 0:
+    while closed < count and deadline.left() > 0 and not stop_requested():
         for key, _mask in sel.select(timeout=min(0.2, deadline.left())):
             if key.fileobj is lsock:
                 while accepted < count:
@@ -736,7 +741,7 @@ def churn_connect(dst, sources, count, rate, *, client_closes, deadline):
         wait = started + i / rate - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, deadline.left()))
-        if deadline.left() <= 0:
+        if deadline.left() <= 0 or (i % 64 == 0 and stop_requested()):
             break
         c = client_socket(sources)
         c.connect(dst)
@@ -792,7 +797,8 @@ def sc_churn(args, deadline, client_closes):
     os.close(done_w)
 
     def run():
-        time.sleep(args.delay)
+        if args.delay > 0 and signal.sigtimedwait(_STOP_SIGNALS, args.delay) is not None:
+            return {"stopped": True, "connections": 0}  # stopped before the churn began
         started_at = time.time()
         os.write(go_w, b"g")
         churn_deadline = Deadline(args.timeout)
