@@ -572,6 +572,21 @@ def sc_established(args, deadline):
     return report, [lsock, pairs], None
 
 
+def read_child_line(fd, deadline):
+    """One line a child process writes on pipe `fd` (b"" if it died first), or None at the deadline."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        if deadline.left() <= 0:
+            return None
+        ready, _w, _x = select.select([fd], [], [], min(1.0, deadline.left()))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
 def mix_plan(total, workers):
     """Split ``total`` sockets: 50% ESTABLISHED, 4% each CLOSE_WAIT/FIN_WAIT2, the rest (~42%) TIME_WAIT.
 
@@ -644,16 +659,9 @@ def sc_mix(args, deadline):
         pipes.append(r)
     results = []
     for r in pipes:
-        buf = b""
-        while not buf.endswith(b"\n"):
-            if deadline.left() <= 0:
-                raise ScenarioFailed("timed out waiting for mix workers")
-            ready, _w, _x = select.select([r], [], [], min(1.0, deadline.left()))
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
+        buf = read_child_line(r, deadline)
+        if buf is None:
+            raise ScenarioFailed("timed out waiting for mix workers")
         os.close(r)
         results.append(json.loads(buf) if buf.strip() else {"ok": False, "error": "worker died"})
     bad = [x["error"] for x in results if not x.get("ok")]
@@ -807,15 +815,8 @@ def sc_churn(args, deadline, client_closes):
         else:
             own = churn_serve(lsock, args.count, True, churn_deadline)
         peer = {"error": "peer process gave no result"}
-        buf = b""
-        while not buf.endswith(b"\n") and churn_deadline.left() > 0:
-            ready, _w, _x = select.select([done_r], [], [], min(1.0, churn_deadline.left()))
-            if ready:
-                chunk = os.read(done_r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-        if buf.strip():
+        buf = read_child_line(done_r, churn_deadline)
+        if buf and buf.strip():
             peer = json.loads(buf)
         client = own if client_closes else peer
         return {
