@@ -48,6 +48,7 @@ BUFFER_KB_MIN = 256
 BUFFER_KB_MAX = 2048
 READ_PERIOD = 0.05  # seconds between pipe drains: batches reads without letting the buffer fill
 READ_CHUNK = 65536
+FEED_BYTES = 1 << 20  # text parsed at once: repeated lines of a churner are counted together
 FINAL_DRAIN_SECONDS = 2.0  # bound on the final read after the event is disabled
 # Memory bounds of the aggregation: distinct processes, distinct peers per process.
 MAX_PROCESSES = 1024
@@ -97,15 +98,19 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 # One trace line (Documentation/trace/ftrace.rst, "Output format"), with or without record-tgid:
-#   <comm>-<pid> [(<tgid>)] [<cpu>] <flags> <timestamp>: inet_sock_set_state: <fields>
-# comm may hold spaces, dashes, brackets: the header is cut from the right, where the kernel's own
-# columns are ('[' cannot occur after the cpu column, '(' not after the tgid column).
-_EVENT_MARK = b": inet_sock_set_state: "
-# The event's print fmt (`family=` arrived after 4.16), matched from the mark on.
-_BODY = re.compile(
+#   <comm>-<pid> [(<tgid>)] [<cpu>] <flags> <timestamp>: inet_sock_set_state: <fields of the print fmt>
+# comm (at most 15 bytes, TASK_COMM_LEN) may hold spaces, dashes, brackets: the lazy comm stops at the
+# first "-<pid>" after which the kernel's own columns match up to the end of the line. `family=`
+# arrived after 4.16. Used per line and, in MULTILINE mode, over whole chunks of trace_pipe (the
+# regex engine walks the text; Python sees only the matches).
+_LINE = re.compile(
+    rb"^ *(.*?)-(\d+) +(?:\( *(\d+|-+)\) +)?\[(\d+)\] +(\S+) +\d+\.\d+: inet_sock_set_state: "
     rb"(?:family=(AF_INET6?) )?protocol=(\w+) sport=\d+ dport=(\d+) saddr=\S+ daddr=(\S+) saddrv6=\S+ "
-    rb"daddrv6=(\S+) oldstate=(\w+) newstate=(\w+)\s*$"
+    rb"daddrv6=(\S+) oldstate=(\w+) newstate=(\w+) *$",
+    re.MULTILINE,
 )
+# The groups an event is made of (comm and cpu are not: the process is read from /proc).
+_EVENT_GROUPS = (2, 3, 5, 6, 7, 8, 9, 10, 11, 12)
 _STATE_NAME = {number: name.encode() for name, number in TCP_STATE_NUMBERS.items()}
 _KIND_OF = {(_STATE_NAME[old], _STATE_NAME[new]): kind for (old, new), kind in TRANSITIONS.items()}
 # The hardirq/softirq column of the flags (irq-info): '.' means process context;
@@ -146,56 +151,14 @@ def _address(raw):
     return text
 
 
-def _header(header):
-    """(comm, pid, tgid or None, cpu, flags) of a line's header, or None when malformed."""
-    head, bracket, tail = header.rpartition(b"[")
-    if not bracket:
-        return None
-    cpu, bracket, after = tail.partition(b"]")
-    parts = after.split()
-    if not bracket or len(parts) != 2 or not cpu.isdigit():
-        return None
-    flags = parts[0]
-    head = head.strip()
-    tgid = None
-    if head.endswith(b")"):
-        cut = head.rfind(b"(")
-        if cut < 0:
-            return None
-        tgid_text = head[cut + 1 : -1].strip()
-        if tgid_text.isdigit():
-            tgid = int(tgid_text)
-        elif tgid_text.strip(b"-"):  # "-------": the tgid was not recorded
-            return None
-        head = head[:cut].rstrip()
-    comm, dash, pid = head.rpartition(b"-")
-    if not dash or not pid.isdigit():
-        return None
-    return comm, int(pid), tgid, int(cpu), flags
-
-
-def parse_event_line(line):
-    """One trace line (bytes) -> event dict, or None when it is not a well-formed event of ours.
-
-    The event: {kind, pid, tgid (None when unknown), comm (bytes), cpu, interrupt (bool),
-    peer: (address, port)}. Lines of other kinds (lost-event markers, headers, garbage) give
-    None; nothing here raises on malformed text.
-    """
-    cut = line.find(_EVENT_MARK)
-    if cut < 0:
-        return None
-    body = _BODY.match(line, cut + len(_EVENT_MARK))
-    if body is None:
-        return None
-    family, protocol, dport, daddr, daddrv6, old, new = body.groups()
+def _event(fields):
+    """The event of a line's _EVENT_GROUPS, or None when a field is out of range."""
+    pid, tgid, flags, family, protocol, dport, daddr, daddrv6, old, new = fields
     kind = _KIND_OF.get((old, new))
     if kind is None or protocol not in (b"IPPROTO_TCP", b"6"):
         return None
-    header = _header(line[:cut])
-    if header is None:
-        return None
-    comm, pid, tgid, cpu, flags = header
-    if not dport.isdigit() or int(dport) > 65535:
+    port = int(dport)
+    if port > 65535:
         return None
     # Linux 4.16-4.19 print no family; a v4 socket's v6 fields are v4-mapped there, so daddrv6 serves
     peer = _address(daddr if family == b"AF_INET" else daddrv6)
@@ -203,13 +166,28 @@ def parse_event_line(line):
         return None
     return {
         "kind": kind,
-        "pid": pid,
-        "tgid": tgid,
-        "comm": comm,
-        "cpu": cpu,
+        "pid": int(pid),
+        "tgid": int(tgid) if tgid is not None and tgid.isdigit() else None,
         "interrupt": len(flags) > IRQ_COLUMN and flags[IRQ_COLUMN] in INTERRUPT_MARKS,
-        "peer": (peer, int(dport)),
+        "peer": (peer, port),
     }
+
+
+def parse_event_line(line):
+    """One trace line (bytes) -> event dict, or None when it is not a well-formed event of ours.
+
+    The event: {kind, pid, tgid (None when not recorded), interrupt (bool), peer: (address, port),
+    comm (bytes), cpu}. Lines of other kinds (lost-event markers, headers, garbage) give None;
+    nothing here raises on malformed text.
+    """
+    match = _LINE.fullmatch(line.rstrip(b"\n"))
+    if match is None:
+        return None
+    event = _event(match.group(*_EVENT_GROUPS))
+    if event is not None:
+        event["comm"] = match.group(1)
+        event["cpu"] = int(match.group(4))
+    return event
 
 
 def parse_cpu_stats(text):
@@ -266,12 +244,13 @@ class ChurnAggregate:
         self.processes = {}  # tgid -> {netns, info, counts, peers: {(addr, port): [connects, active_closes, all]}}
         self._unknown = set()  # tgids that could not be identified (bounded like processes)
 
-    def add(self, event):
-        self.events += 1
+    def add(self, event, times=1):
+        """Count `event` (seen `times` times)."""
+        self.events += times
         kind = event["kind"]
-        self.totals[kind] += 1
+        self.totals[kind] += times
         if event["interrupt"]:
-            self.interrupt_events += 1
+            self.interrupt_events += times
             return
         tgid = event["tgid"]
         if tgid is None:
@@ -279,19 +258,19 @@ class ChurnAggregate:
         entry = self.processes.get(tgid)
         if entry is None:
             if tgid in self._unknown:
-                self.unresolved_events += 1
+                self.unresolved_events += times
                 return
             if len(self.processes) + len(self._unknown) >= self.max_processes:
-                self.untracked_events += 1
+                self.untracked_events += times
                 return
             found = self.identify(tgid)
             if found is None:
                 self._unknown.add(tgid)
-                self.unresolved_events += 1
+                self.unresolved_events += times
                 return
             entry = {"netns": found["netns"], "info": found["info"], "counts": dict.fromkeys(KINDS, 0), "peers": {}}
             self.processes[tgid] = entry
-        entry["counts"][kind] += 1
+        entry["counts"][kind] += times
         if kind not in ("connects", "active_closes"):
             return
         peers = entry["peers"]
@@ -300,17 +279,25 @@ class ChurnAggregate:
             if len(peers) >= self.max_peers:
                 return
             counts = peers[event["peer"]] = [0, 0]
-        counts[0 if kind == "connects" else 1] += 1
+        counts[0 if kind == "connects" else 1] += times
 
     def feed(self, data, pending=b""):
-        """Parse complete lines of `data` (bytes) after `pending`; returns the incomplete tail."""
+        """Count the complete lines of `data` (bytes) after `pending`; returns the incomplete tail.
+
+        Identical lines (same task, context, peer and transition) are counted together: a churner
+        repeats itself, so the Python work is per distinct line of a chunk, not per event.
+        """
         data = pending + data
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        for line in lines:
-            event = parse_event_line(line)
+        cut = data.rfind(b"\n") + 1
+        batch = {}
+        for match in _LINE.finditer(data, 0, cut):
+            key = match.group(*_EVENT_GROUPS)
+            batch[key] = batch.get(key, 0) + 1
+        for key, times in batch.items():
+            event = _event(key)
             if event is not None:
-                self.add(event)
+                self.add(event, times)
+        tail = data[cut:]
         # A line longer than a page is not a trace line: drop it rather than grow without bound.
         return tail if len(tail) <= 4096 else b""
 
@@ -538,21 +525,33 @@ class TraceSession:
             time.sleep(min(max(0.0, deadline - clock()), READ_PERIOD / 2))
 
     def _drain(self, aggregate, pending, until, clock=time.monotonic):
-        """Read until the pipe is empty or `until` passes (a busy host may fill it as fast as we read)."""
+        """Read until the pipe is empty or `until` passes (a busy host may fill it as fast as we read).
+
+        trace_pipe gives at most a page per read: chunks are parsed together, up to FEED_BYTES.
+        """
         reads = 0
+        chunks = []
+        size = 0
         while True:
             try:
                 data = os.read(self.pipe, READ_CHUNK)
             except BlockingIOError:
-                return pending
+                break
             except InterruptedError:
                 continue
             if not data:
-                return pending
-            pending = aggregate.feed(data, pending)
+                break
+            chunks.append(data)
+            size += len(data)
+            if size >= FEED_BYTES:
+                pending = aggregate.feed(b"".join(chunks), pending)
+                chunks, size = [], 0
             reads += 1
             if reads % 64 == 0 and clock() >= until:
-                return pending
+                break
+        if chunks:
+            pending = aggregate.feed(b"".join(chunks), pending)
+        return pending
 
     def stop(self, aggregate, pending=b"", clock=time.monotonic):
         """Disable the event, read what is left (bounded in time); returns the events lost or left unread."""

@@ -30,8 +30,9 @@ except _trace.TraceUnavailable as err:
     print(json.dumps({"unavailable": str(err), "warnings": warnings}))
     sys.exit(0)
 churn = {str(i): trace.for_namespace(i, None, 10) for i in inodes}
-maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"churn": churn, "warnings": warnings, "maxrss_kib": maxrss_kib}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps({"churn": churn, "warnings": warnings, "maxrss_kib": usage.ru_maxrss, "cpu_seconds": cpu}))
 """
 
 _LOOK = (

@@ -782,7 +782,6 @@ def sc_churn(args, deadline, client_closes):
     if not 0 < args.rate <= 100000:
         raise ScenarioFailed(f"--rate must be between 1 and 100000 per second, got {args.rate}")
     changed = ensure_tw_buckets(args.count + 1000)
-    raise_nofile(args.count + 1024)
     lsock = listener(args.port)
     port = lsock.getsockname()[1]
     dst = lsock.getsockname()
