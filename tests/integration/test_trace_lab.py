@@ -133,6 +133,15 @@ def test_signal_removes_the_instance(bare_host, no_instance_left):
     assert name not in tracefs_instances()
 
 
+def test_failed_setup_removes_the_instance(bare_host, no_instance_left):
+    # the kernel refuses this filter after the instance exists: the failure path must remove it
+    tracer = start_tracer(bare_host, 5, [bare_host.netns_inode], prelude="_trace.EVENT_FILTER = 'no_such_field == 1'")
+    no_instance_left.append(tracer)
+    result = tracer_result(tracer)
+    assert "cannot configure tracefs instance" in result["unavailable"]
+    assert not instances_of([tracer.pid])
+
+
 def test_next_run_sweeps_a_killed_runs_instance(bare_host, no_instance_left):
     killed = start_tracer(bare_host, 30, [bare_host.netns_inode])
     no_instance_left.append(killed)

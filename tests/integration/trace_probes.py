@@ -65,9 +65,13 @@ def env():
     return environ
 
 
-def start_tracer(host, seconds, inodes, user_args=()):
-    """A tracer process (Popen) inside `host`; its pid owns the instance (ip netns exec execs)."""
-    cmd = host.exec_args([*user_args, sys.executable, "-c", TRACER, str(seconds), *[str(i) for i in inodes]])
+def start_tracer(host, seconds, inodes, user_args=(), prelude=""):
+    """A tracer process (Popen) inside `host`; its pid owns the instance (ip netns exec execs).
+
+    `prelude`: Python run before the session (after the imports), e.g. to make the setup fail.
+    """
+    script = TRACER.replace("warnings = []\n", prelude + "\nwarnings = []\n", 1)
+    cmd = host.exec_args([*user_args, sys.executable, "-c", script, str(seconds), *[str(i) for i in inodes]])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
 
 
