@@ -241,7 +241,7 @@ class ChurnAggregate:
         self.unresolved_events = 0  # process context, but the process was gone before it was seen
         self.untracked_events = 0  # process context, but over the process cap
         self.totals = dict.fromkeys(KINDS, 0)
-        self.processes = {}  # tgid -> {netns, info, counts, peers: {(addr, port): [connects, active_closes, all]}}
+        self.processes = {}  # tgid -> {netns, info, counts, peers: {(addr, port): [connects, active_closes]}}
         self._unknown = set()  # tgids that could not be identified (bounded like processes)
 
     def add(self, event, times=1):
