@@ -100,8 +100,8 @@ options:
       - Only events raised in process context are credited to a process; events raised in softirq or hardirq
         context (where the current task is arbitrary) count in the session totals only.
       - Needs root in the host's PID namespace. Where tracing is not possible (unprivileged, kernel lockdown,
-        inside a container, no tracepoint) RV(ansible_facts.tcp_state.churn.source) is null and a warning says
-        why.
+        inside a container, no tracepoint) C(source) of RV(ansible_facts.tcp_state.churn) is null and a warning
+        says why.
       - With O(namespaces), one trace session serves every namespace; each block lists the processes of its own
         namespace (from C(/proc/<pid>/ns/net)).
     type: float
