@@ -355,17 +355,18 @@ def _effective_orphan_retries(facts):
     return _int(_get(facts, "effective", "tcp_orphan_retries"))
 
 
+def _typed(entry, readers):
+    """{field: reader(entry[field])} for a facts entry: each field read with its type-checking reader."""
+    entry = _dict(entry)
+    return {field: read(entry.get(field)) for field, read in readers.items()}
+
+
+OWNER_FIELDS = {"pid": _int, "comm": _text, "cmdline": _text, "user": _text, "container": _text, "sockets": _int}
+
+
 def _owner(owner):
     """An owner entry (owners.<STATE>[], listeners[].owner, churn.processes[]) with its fields type-checked."""
-    owner = _dict(owner)
-    return {
-        "pid": _int(owner.get("pid")),
-        "comm": _text(owner.get("comm")),
-        "cmdline": _text(owner.get("cmdline")),
-        "user": _text(owner.get("user")),
-        "container": _text(owner.get("container")),
-        "sockets": _int(owner.get("sockets")),
-    }
+    return _typed(owner, OWNER_FIELDS)
 
 
 def _owner_label(owner):
@@ -437,16 +438,21 @@ def _level(value, warning, critical):
     return None
 
 
+def _largest(source, names, label):
+    """(the largest of source[name] for names, or 0; {label.format(name): value} of those known)."""
+    evidence = {}
+    largest = 0
+    for name in names:
+        value = _num(source.get(name))
+        if value is not None:
+            evidence[label.format(name)] = value
+            largest = max(largest, value)
+    return largest, evidence
+
+
 def _rate_level(facts, names, th, rate_critical_key, growth_level):
     """_counter_level's branch for growth rates measured over the interval."""
-    rates = _dict(facts.get("rates"))
-    evidence = {}
-    total_rate = 0.0
-    for name in names:
-        rate = _num(rates.get(name))
-        if rate is not None:
-            evidence[f"{name}_per_second"] = rate
-            total_rate = max(total_rate, rate)
+    total_rate, evidence = _largest(_dict(facts.get("rates")), names, "{}_per_second")
     if total_rate <= 0:
         return None, evidence, "not growing during the sampling interval"
     level = growth_level
@@ -468,14 +474,7 @@ def _counter_level(facts, names, th, rate_critical_key=None, growth_level="warni
     rates = _dict(facts.get("rates"))
     if _have_rates(facts) and any(_num(rates.get(name)) is not None for name in names):
         return _rate_level(facts, names, th, rate_critical_key, growth_level)
-    counters = _dict(facts.get("counters"))
-    evidence = {}
-    total = 0
-    for name in names:
-        value = _num(counters.get(name))
-        if value is not None:
-            evidence[name] = value
-            total = max(total, value)
+    total, evidence = _largest(_dict(facts.get("counters")), names, "{}")
     if total <= 0:
         return None, evidence, ""
     level = "warning" if total >= th["counter_events_warning"] else "info"
@@ -1072,14 +1071,7 @@ def _syn_backlog_pressure(facts, th):
 # ---- EPHEMERAL_PORT_PRESSURE / TW_BUCKET_OVERFLOW ----------------------------
 
 
-def _busiest_tuple(value):
-    value = _dict(value)
-    return {
-        "local_address": _text(value.get("local_address")),
-        "peer_address": _text(value.get("peer_address")),
-        "peer_port": _int(value.get("peer_port")),
-        "count": _n(value.get("count")),
-    }
+BUSIEST_TUPLE_FIELDS = {"local_address": _text, "peer_address": _text, "peer_port": _int, "count": _n}
 
 
 def _ephemeral_port_pressure(facts, th):
@@ -1088,7 +1080,8 @@ def _ephemeral_port_pressure(facts, th):
     severity = _level(ratio, th["ephemeral_port_ratio_warning"], th["ephemeral_port_ratio_critical"])
     if severity is None:
         return None
-    busiest = _busiest_tuple(ports.get("busiest_tuple")) if isinstance(ports.get("busiest_tuple"), dict) else None
+    busiest = ports.get("busiest_tuple")
+    busiest = _typed(busiest, BUSIEST_TUPLE_FIELDS) if isinstance(busiest, dict) else None
     evidence = {
         "in_use": in_use,
         "range": size,
