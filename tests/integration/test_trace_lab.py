@@ -8,7 +8,6 @@ a tracer we started remains, nor one whose owner is gone.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import signal
@@ -27,7 +26,6 @@ from trace_probes import (
     wait_tracing_in,
 )
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose
 from netstate_lab.lab import pid_alive
 
 COUNT = 150
@@ -231,10 +229,6 @@ def test_facts_namespaces_all_give_each_namespace_its_churn(bare_lab):
     assert two.pid not in {p["pid"] for p in churn1["processes"]}
 
 
-DIAGNOSE_HAS_BASIS = "basis" in inspect.getsource(_diagnose)
-
-
-@pytest.mark.xfail(not DIAGNOSE_HAS_BASIS, reason="TIME_WAIT_CHURN basis/churners (h3) not merged yet", strict=True)
 def test_module_names_the_churner_in_time_wait_churn(ssh_lab, ansible_env):
     h1 = ssh_lab.host("h1")
     args = {"trace": 15, "owners": [], "thresholds": {"time_wait_warning": 50, "time_wait_critical": 100000}}
