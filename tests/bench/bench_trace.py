@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
+from ansible_collections.netstate.tcp.plugins.module_utils import _trace
 from netstate_lab import Lab
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -24,6 +24,7 @@ from trace_probes import start_tracer, tracer_result, wait_done, wait_tracing
 SMALL = os.environ.get("NETSTATE_BENCH_TRACE_SMALL") == "1"
 RATES = (500,) if SMALL else (1000, 5000, 10000)
 SECONDS = 2 if SMALL else 5
+ROUNDS = 1 if SMALL else 2
 
 
 def churn(host, rate, traced, alone_rate=None):
@@ -46,9 +47,14 @@ def run() -> str:
     with Lab.create(hosts=1, ssh=False) as lab:
         host = lab.hosts[0]
         for rate in RATES:
-            _sc, alone, _none = churn(host, rate, traced=False)
-            time.sleep(1)
-            sc, traced, result = churn(host, rate, traced=True, alone_rate=alone["rate"])
+            # alone and traced alternate, ROUNDS times each; the best rate of each way counts (the least
+            # disturbed by whatever else the machine runs)
+            alone_runs, traced_runs = [], []
+            for _round in range(ROUNDS):
+                alone_runs.append(churn(host, rate, traced=False)[1])
+                traced_runs.append(churn(host, rate, traced=True, alone_rate=alone_runs[-1]["rate"]))
+            alone = max(alone_runs, key=lambda done: done["rate"])
+            sc, traced, result = max(traced_runs, key=lambda run: run[1]["rate"])
             churn_fact = result["churn"][str(host.netns_inode)]
             mine = next((p for p in churn_fact["processes"] if p["pid"] == sc.pid), None)
             loss = 1 - traced["rate"] / alone["rate"] if alone["rate"] else None
@@ -66,11 +72,15 @@ def run() -> str:
             }
             print(row, flush=True)
             rows.append(row)
+    cpus = os.cpu_count() or 1
+    per_cpu_kb = _trace.buffer_kb_per_cpu(cpus)
     lines = [
         "## Churn tracing overhead (tcp_state_facts trace)",
         "",
-        f"`churn_client` in a lab host for {SECONDS} s per target rate, alone and while the tracer runs "
-        "(target: the churner loses at most 5 % of its rate; tracer memory bounded).",
+        f"`churn_client` in a lab host for {SECONDS} s per target rate, alone and while the tracer runs, "
+        f"alternating, best of {ROUNDS} each (target: the churner loses at most 5 % of its rate; tracer memory "
+        f"bounded). The kernel's trace buffer is bounded apart: {per_cpu_kb} KiB per CPU, {per_cpu_kb * cpus} KiB "
+        "in total here.",
         "",
         "| target conn/s | alone conn/s | traced conn/s | rate loss | connections | counted by the tracer "
         "| events (host-wide) | lost events | tracer CPU | tracer peak RSS |",
