@@ -32,7 +32,7 @@ def churn(host, rate, traced, alone_rate=None):
     tracer = None
     if traced:
         # the trace must outlast the churn: sized from the rate the churner reached alone
-        window = min(60, count / max(1.0, alone_rate or rate) * 1.5 + 5)
+        window = min(60, count / max(1.0, alone_rate or rate) * 3 + 5)
         tracer = start_tracer(host, window, [host.netns_inode])
         wait_tracing(tracer.pid)
     sc = host.start_scenario("churn_client", count=count, rate=rate, hold=60, timeout=SECONDS * 10 + 30)

@@ -61,7 +61,7 @@ def by_comm(churn, comm):
 def test_churners_named_per_namespace(bare_lab, no_instance_left):
     lab = bare_lab(hosts=2)
     h1, h2 = lab.hosts
-    tracer = start_tracer(h1, 10, [h1.netns_inode, h2.netns_inode])
+    tracer = start_tracer(h1, 15, [h1.netns_inode, h2.netns_inode])
     no_instance_left.append(tracer)
     wait_tracing(tracer.pid)
     one = h1.start_scenario("churn_client", count=COUNT, rate=RATE, hold=120)
@@ -103,7 +103,7 @@ def test_churners_named_per_namespace(bare_lab, no_instance_left):
 
 
 def test_server_close_churn_names_the_server(bare_host, no_instance_left):
-    tracer = start_tracer(bare_host, 10, [bare_host.netns_inode])
+    tracer = start_tracer(bare_host, 15, [bare_host.netns_inode])
     no_instance_left.append(tracer)
     wait_tracing(tracer.pid)
     sc = bare_host.start_scenario("churn_server_close", count=COUNT, rate=RATE, hold=120)
@@ -212,7 +212,7 @@ def in_thread(fn, *args, **kwargs):
 def test_facts_namespaces_all_give_each_namespace_its_churn(bare_lab):
     lab = bare_lab(hosts=2)
     h1, h2 = lab.hosts
-    facts = in_thread(gather_all, h1, trace=10, namespaces="all", owners=[])
+    facts = in_thread(gather_all, h1, trace=15, namespaces="all", owners=[])
     wait_tracing_in(h1.netns_inode)
     one = h1.start_scenario("churn_client", count=COUNT, rate=RATE, hold=120)
     two = h2.start_scenario("churn_client", count=COUNT, rate=RATE, hold=120)
@@ -231,7 +231,7 @@ def test_facts_namespaces_all_give_each_namespace_its_churn(bare_lab):
 
 def test_module_names_the_churner_in_time_wait_churn(ssh_lab, ansible_env):
     h1 = ssh_lab.host("h1")
-    args = {"trace": 15, "owners": [], "thresholds": {"time_wait_warning": 50, "time_wait_critical": 100000}}
+    args = {"trace": 20, "owners": [], "thresholds": {"time_wait_warning": 50, "time_wait_critical": 100000}}
     facts = in_thread(facts_over_ansible, ansible_env, str(ssh_lab.inventory_path), "h1", args)
     wait_tracing_in(h1.netns_inode)
     sc = h1.start_scenario("churn_client", count=COUNT, rate=RATE, hold=120)
