@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import threading
 
 import pytest
-from lab_probes import facts_over_ansible, gather_all
+from lab_probes import COLLECTIONS, GATHER, facts_over_ansible, gather_all
 from trace_probes import (
     INSTANCE,
     instances_of,
@@ -177,6 +178,19 @@ def test_unprivileged_gets_a_reason_and_changes_nothing(bare_host, no_instance_l
     result = tracer_result(tracer)
     assert "root" in result["unavailable"]
     assert tracefs_instances() == before
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
+def test_facts_without_privilege_have_a_null_churn_and_say_why(bare_host):
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    options = {"trace": 1, "owners": []}
+    res = bare_host.run([*nobody, sys.executable, "-c", GATHER, COLLECTIONS, json.dumps(options)], timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    state = json.loads(res.stdout)["tcp_state"]
+    assert state["churn"]["source"] is None
+    assert state["churn"]["processes"] == [] and state["churn"]["peers"] == []
+    assert any(w.startswith("trace: not possible here") and "root" in w for w in state["warnings"]), state["warnings"]
+    assert state["states"]["LISTEN"] == 0  # the rest of the facts is there
 
 
 def test_tracer_pid_namespace_is_checked(bare_host, no_instance_left):
