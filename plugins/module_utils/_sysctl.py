@@ -714,9 +714,12 @@ class DropInLock:
         self.fd = None
 
     def remove(self):
-        """Remove the lock file while holding it (state=absent leaves no file behind)."""
+        """Remove the lock file while holding it (state=absent leaves no file behind); best effort."""
         if not stat.S_ISDIR(os.fstat(self.fd).st_mode):
-            FileWriter.remove(self.path)
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass  # a read-only directory: the lock file stays, harmless
 
 
 class NoLock:
