@@ -499,6 +499,7 @@ def test_check_mode_diff_without_writing(lab_proc, conf):
     assert live_diff["before"] == "net.ipv4.tcp_fin_timeout = 60\n"
     assert live_diff["after"] == "net.ipv4.tcp_fin_timeout = 30\n"
     assert result["applied"] == {"net.ipv4.tcp_fin_timeout": "30"}
+    assert snapshot(lab_proc, conf) == before
     assert os.listdir(os.path.dirname(conf)) == []  # no lock file either
 
 
