@@ -191,3 +191,24 @@ def test_huge_values_fail_naming_the_key(tmp_path, value):
     result = json.loads(proc.stdout)
     assert result.get("failed") is True, result
     assert result["msg"].startswith(f"sysctls: {name}: ") and "64-bit" in result["msg"]
+
+
+def test_catalog_options_in_check_mode(tmp_path):
+    conf = tmp_path / "60-netstate-tcp.conf"
+    args = {
+        "from_findings": True,
+        "finding_codes": ["TIME_WAIT_CHURN", "CLOSE_WAIT_LEAK"],
+        "profiles": [],
+        "orphan_cap": {"memory_mb": 1024},
+        "sysctls": {"net.ipv4.tcp_tw_reuse": live("net.ipv4.tcp_tw_reuse")},
+        "file": str(conf),
+    }
+    result = run_module(args, check=True, diff=True)
+    assert not result.get("failed"), result
+    assert result["profiles"] == ["time_wait"]
+    assert result["applied"]["net.ipv4.tcp_max_tw_buckets"] == "262144"
+    assert result["reasons"]["net.ipv4.tcp_max_tw_buckets"].startswith("time_wait profile: ")
+    assert result["reasons"]["net.ipv4.tcp_tw_reuse"] == "requested in sysctls"
+    assert result["reasons"]["net.ipv4.tcp_orphan_retries"].startswith("orphan cap: ")
+    assert list(result["not_fixed_by_sysctls"]) == ["CLOSE_WAIT_LEAK"]
+    assert list(tmp_path.iterdir()) == []
