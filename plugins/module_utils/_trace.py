@@ -55,6 +55,19 @@ MAX_PROCESSES = 1024
 MAX_PEERS_PER_PROCESS = 64
 MAX_TOP_PEERS = 5
 
+# Trace options that decide the text of a line, as the parser expects it (record-tgid adds the tgid column,
+# irq-info the flags, context-info the task/cpu/timestamp columns; raw, hex, bin and latency-format change
+# the layout).
+OUTPUT_OPTIONS = (
+    ("record-tgid", "1"),
+    ("context-info", "1"),
+    ("irq-info", "1"),
+    ("raw", "0"),
+    ("hex", "0"),
+    ("bin", "0"),
+    ("latency-format", "0"),
+)
+
 # include/net/tcp_states.h
 TCP_STATE_NUMBERS = {
     "TCP_ESTABLISHED": 1,
@@ -502,7 +515,11 @@ class TraceSession:
         if not os.path.isdir(event_dir):
             raise TraceUnavailable(f"the kernel has no {EVENT.replace('/', ':')} tracepoint (Linux >= 4.16 needed)")
         try:
-            _write(os.path.join(self.path, "options", "record-tgid"), "1")
+            # A new instance inherits the global trace options: pin the ones that shape a line
+            for option, value in OUTPUT_OPTIONS:
+                path = os.path.join(self.path, "options", option)
+                if os.path.exists(path):
+                    _write(path, value)
             # consumer mode: when the buffer is full new events are dropped (and counted), not overwritten
             _write(os.path.join(self.path, "options", "overwrite"), "0")
             _write(os.path.join(self.path, "buffer_size_kb"), str(buffer_kb_per_cpu(os.cpu_count() or 1)))
