@@ -155,6 +155,21 @@ def test_next_run_sweeps_a_killed_runs_instance(bare_host, no_instance_left):
     assert name not in tracefs_instances()
 
 
+def test_an_existing_tracefs_mount_is_used(bare_host, no_instance_left):
+    # tracefs already mounted where the tracer runs (a private mount namespace made here): no second mount
+    mount_first = ["unshare", "-m", "sh", "-c", 'mount -t tracefs nodev /sys/kernel/tracing && exec "$0" "$@"']
+    probe = "_trace.mount_private_tracefs = None; assert _trace.find_tracefs()"
+    tracer = start_tracer(bare_host, 5, [bare_host.netns_inode], user_args=mount_first, prelude=probe)
+    no_instance_left.append(tracer)
+    name = wait_tracing(tracer.pid)
+    sc = bare_host.start_scenario("churn_client", count=20, rate=50, hold=60)
+    wait_done(sc)
+    churn = tracer_result(tracer)["churn"][str(bare_host.netns_inode)]
+    assert churn["source"] == "tracefs"
+    assert by_comm(churn, "nsl-churner")["pid"] == sc.pid
+    assert name not in tracefs_instances()
+
+
 def host_tracefs_mounts():
     """tracefs mounts of the host's mount table (pid 1's); other labs may add /run/netns mounts meanwhile."""
     with open("/proc/1/mountinfo", encoding="utf-8") as f:
