@@ -46,7 +46,7 @@ TOOL_PACKAGES = {
 }
 BASE_TOOLS = ("ip",)
 SSH_TOOLS = ("ss", "sshd", "ssh-keygen", "socat")
-SCENARIO_TOOLS = {"syn_recv": ("nft",)}
+SCENARIO_TOOLS = {"syn_recv": ("nft",), "conntrack": ("nft",)}
 
 
 class LabError(Exception):
@@ -360,7 +360,7 @@ class LabHost:
         ]
         if port:
             cmd += ["--port", str(int(port))]
-        if kind == "syn_recv":
+        if kind in ("syn_recv", "conntrack"):
             cmd += ["--nft", shutil.which("nft")]
         for key, value in sorted(options.items()):
             if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block"):
