@@ -85,6 +85,7 @@ TCP_TIMEOUTS = (
 )
 NETFILTER_SYSCTL_DIR = ("sys", "net", "netfilter")
 LAYOUT_CACHE_SIZE = 64  # distinct message layouts remembered by the fast path (hostile input cannot grow it)
+MAX_SYSCTL_VALUE = (1 << 63) - 1  # these sysctls are int or unsigned long in the kernel
 DUMP_ATTEMPTS = 3  # dumps tried while the kernel flags them NLM_F_DUMP_INTR
 
 
@@ -141,7 +142,8 @@ class ConntrackCounter:
     attributes do not parse is counted in ``malformed`` and skipped.
     """
 
-    def __init__(self):
+    def __init__(self, layout_cache_size=LAYOUT_CACHE_SIZE):
+        self.layout_cache_size = layout_cache_size  # 0: walk every entry (the reference path)
         self.states = [0] * 256  # indexed by the u8 CTA_PROTOINFO_TCP_STATE
         self.other = 0  # entries of other protocols (no CTA_PROTOINFO_TCP)
         self.malformed = 0
@@ -226,7 +228,7 @@ class ConntrackCounter:
         self._remember(length, headers, True)
 
     def _remember(self, length, headers, is_tcp):
-        if len(self._layouts) >= LAYOUT_CACHE_SIZE:
+        if len(self._layouts) >= self.layout_cache_size:
             return
         fmt = ["="]
         pos = 0
@@ -257,7 +259,7 @@ class ConntrackCounter:
             out.append(f"conntrack: skipped {self.unexpected} unexpected message(s) in the ctnetlink dump")
         unknown = self.unknown_states()
         if unknown:
-            out.append(f"conntrack: {unknown} TCP entry(ies) with an unknown state number")
+            out.append(f"conntrack: {unknown} TCP entr{'y' if unknown == 1 else 'ies'} with an unknown state number")
         if self.interrupted:
             out.append("conntrack: the table changed during every dump (NLM_F_DUMP_INTR): states may be inconsistent")
         return out
@@ -347,8 +349,8 @@ def _read_int(path, warnings):
     except ValueError:
         warnings.append(f"conntrack: {path} is not an integer: {text[:40]!r}")
         return None
-    if value < 0:
-        warnings.append(f"conntrack: {path} is negative: {value}")
+    if not 0 <= value <= MAX_SYSCTL_VALUE:
+        warnings.append(f"conntrack: {path} is out of range (0 to {MAX_SYSCTL_VALUE}): {text[:40]}")
         return None
     return value
 
