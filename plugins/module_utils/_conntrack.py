@@ -54,6 +54,7 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NLMSG_HEAD = struct.Struct("=IHH")  # the nlmsghdr fields the decoder needs: len, type, flags
 NFGENMSG = struct.Struct("=BBH")  # nfgen_family, version (NFNETLINK_V0), res_id (big-endian, 0)
 NLATTR = struct.Struct("=HH")  # len, type
+ATTR_WORD = struct.Struct("=I")  # the same 4 bytes as one word
 NFGEN_LEN = NLMSGHDR.size + NFGENMSG.size  # attributes start here
 
 # enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h), named as /proc/net/nf_conntrack
@@ -202,6 +203,7 @@ class ConntrackCounter:
         if length < NFGEN_LEN:
             self.malformed += 1
             return
+        # The fast path compares each attribute header as one u32 (len | type << 16 read natively).
         headers = [(0, "IHH", (length, CT_ENTRY_TYPE, flags))]
         path = _find_attr(chunk, (off + NFGEN_LEN, off + length), CTA_PROTOINFO, headers, off)
         if path is None:
@@ -277,7 +279,7 @@ def _find_attr(chunk, span, wanted, headers, msg_off):
         alen, atype = NLATTR.unpack_from(chunk, off)
         if alen < 4 or off + alen > end:
             return None
-        headers.append((off - msg_off, "HH", (alen, atype)))
+        headers.append((off - msg_off, "I", (ATTR_WORD.unpack_from(chunk, off)[0],)))
         if atype & NLA_TYPE_MASK == wanted:
             return off + 4, off + alen
         off += (alen + 3) & ~3
