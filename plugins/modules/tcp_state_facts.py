@@ -312,8 +312,8 @@ ansible_facts:
               C(churn.peers) entry) also has C(namespace) and C(container). When another described namespace owns
               the peer address (one of its own addresses, and of no other namespace), C(namespace) is its
               C(inode) and C(name) and C(container) the container id a process inside it shows in its cgroup
-              (null without one); otherwise both are null. V(all) describes every namespace of the host, so local containers are
-              named; with a list of names only those namespaces can be.
+              (null without one); otherwise both are null. V(all) describes every namespace of the host, so
+              local containers are named; with a list of names only those namespaces can be.
           returned: always
           type: dict
           sample: {by_local_port: {TIME_WAIT: [{port: 6601, count: 5000}]},
