@@ -16,6 +16,7 @@ import subprocess
 from collections import Counter
 
 import pytest
+from lab_probes import gather
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack, _netns
 
@@ -123,3 +124,18 @@ def test_collection_never_loads_a_module(bare_host):
     assert after - before == set()
     if "nf_conntrack_netlink" not in before and os.path.exists("/proc/sys/kernel/modprobe"):
         assert block["states"] is None
+
+
+def test_facts_carry_the_block_and_the_finding_reads_it(bare_host):
+    """tcp_state_facts' code in the namespace: the conntrack block, and CONNTRACK_TABLE_PRESSURE built from it."""
+    sc = bare_host.start_scenario("conntrack", count=15)
+    # 45 entries of nf_conntrack_max: a warning threshold below that ratio makes the finding fire.
+    facts = gather(bare_host, thresholds={"conntrack_ratio_warning": 0.00001, "conntrack_ratio_critical": 0.9})
+    block = facts["conntrack"]
+    assert block["available"] is True and block["source"] == "ctnetlink"
+    assert nonzero(block["states"]) == sc.report["expected_conntrack"]
+    (finding,) = [f for f in facts["findings"] if f["code"] == "CONNTRACK_TABLE_PRESSURE"]
+    assert finding["severity"] == "warning"
+    assert finding["evidence"]["count"] == block["count"] and finding["evidence"]["nf_conntrack_max"] == block["max"]
+    assert {e["state"]: e["count"] for e in finding["evidence"]["states"]} == sc.report["expected_conntrack"]
+    assert finding["evidence"]["timeouts"]["nf_conntrack_tcp_timeout_time_wait"] == block["timeouts"]["time_wait"]
