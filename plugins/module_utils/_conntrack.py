@@ -33,10 +33,9 @@ from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets impo
     NLMSG_NOOP,
     NLMSGERR,
     NLMSGHDR,
-    RECV_TIMEOUT,
-    SO_RCVBUF_WANTED,
     DiagError,
     DiagUnavailable,
+    open_diag_socket,
     recv_chunks,
 )
 
@@ -303,16 +302,8 @@ def _check_ct_end(chunk, off, length, typ):
 
 
 def open_ctnetlink_socket():
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    except (OSError, AttributeError) as exc:
-        raise ConntrackUnavailable(f"NETLINK_NETFILTER socket not available: {exc}") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_WANTED)
-    except OSError:
-        pass  # a smaller buffer only costs speed
-    sock.settimeout(RECV_TIMEOUT)
-    return sock
+    """A NETLINK_NETFILTER socket; only after :func:`ctnetlink_dump_allowed` said yes (it can load nfnetlink)."""
+    return open_diag_socket(NETLINK_NETFILTER, "ctnetlink")
 
 
 def dump_ctnetlink(counter_factory=ConntrackCounter, attempts=DUMP_ATTEMPTS):

@@ -18,8 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS = str(ROOT / ".build" / "collections")
-if COLLECTIONS not in sys.path:
-    sys.path.insert(0, COLLECTIONS)
+for _path in (COLLECTIONS, str(ROOT / "tests/unit/plugins/module_utils")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from netlink_chunks import read_chunk_file
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack as ct
 
@@ -29,19 +32,9 @@ TARGET_SECONDS = 1.0
 FIXTURE = ROOT / "tests/unit/plugins/module_utils/fixtures/conntrack/tracked/ctnetlink.chunks"
 
 
-def recorded_chunks():
-    data = FIXTURE.read_bytes()
-    chunks, off = [], 0
-    while off < len(data):
-        (length,) = struct.unpack_from("<I", data, off)
-        chunks.append(data[off + 4 : off + 4 + length])
-        off += 4 + length
-    return chunks
-
-
 def build_dump(entries=ENTRIES):
     """(datagrams, entry messages per state) of a dump of ``entries`` real recorded messages."""
-    chunks = recorded_chunks()
+    chunks = read_chunk_file(FIXTURE)
     messages, done = [], None
     for chunk in chunks:
         off = 0

@@ -16,6 +16,7 @@ import struct
 from collections import Counter
 
 import pytest
+from netlink_chunks import read_chunk_file
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack as ct
 
@@ -24,14 +25,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "conntrack")
 
 def read_chunks(name):
     """The recorded datagrams of one dump, exactly as recv() returned them."""
-    with open(os.path.join(FIXTURES, name, "ctnetlink.chunks"), "rb") as fh:
-        data = fh.read()
-    chunks, off = [], 0
-    while off < len(data):
-        (length,) = struct.unpack_from("<I", data, off)
-        chunks.append(data[off + 4 : off + 4 + length])
-        off += 4 + length
-    return chunks
+    return read_chunk_file(os.path.join(FIXTURES, name, "ctnetlink.chunks"))
 
 
 def proc_table(name):
