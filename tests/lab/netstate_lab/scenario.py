@@ -508,6 +508,22 @@ def sc_listen_overflow(args, deadline):
     return report, [lsock, clients], None
 
 
+def nft_input_table(nft, table, rule, priority=0):
+    """Add nftables table ``inet <table>`` with one input-hook rule in this namespace; returns its cleanup."""
+    rules = (
+        f"table inet {table} {{\n chain input {{\n  type filter hook input priority {priority}; policy accept;\n"
+        f"  {rule}\n }}\n}}\n"
+    )
+    res = subprocess.run([nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
+    if res.returncode:
+        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
+
+    def cleanup():
+        subprocess.run([nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
+
+    return cleanup
+
+
 def sc_syn_recv(args, deadline):
     count = args.count
     if not args.nft:
@@ -519,17 +535,8 @@ def sc_syn_recv(args, deadline):
     lsock = listener(args.port, backlog=min(somaxconn, count + 64))
     port = lsock.getsockname()[1]
     table = f"nsl_synrecv_{os.getpid()}"
-    rules = (
-        f"table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
-        f"  ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop\n }}\n}}\n"
-    )
-    res = subprocess.run([args.nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
-    if res.returncode:
-        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
-
-    def cleanup():
-        subprocess.run([args.nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
-
+    rule = f"ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop"
+    cleanup = nft_input_table(args.nft, table, rule, priority=-10)
     try:
         sources = Sources(args.block)
         clients = []
@@ -600,17 +607,7 @@ def sc_conntrack(args, deadline):
     changed = ensure_tw_buckets(count + 1000)
     raise_nofile(6 * count + 256)
     table = f"nsl_ct_{os.getpid()}"
-    rules = (
-        f"table inet {table} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n"
-        "  ct state established,related,new counter accept\n }\n}\n"
-    )
-    res = subprocess.run([args.nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
-    if res.returncode:
-        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
-
-    def cleanup():
-        subprocess.run([args.nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
-
+    cleanup = nft_input_table(args.nft, table, "ct state established,related,new counter accept")
     try:
         lsock = listener(args.port)
         port = lsock.getsockname()[1]
