@@ -12,9 +12,9 @@ block and h1 as the peer in h2's.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from lab_probes import bridge_connections
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _facts, _netns
 
@@ -32,26 +32,9 @@ def bridged(bare_lab):
     """(lab, bridge addresses, h2's listening port) with HELD ESTABLISHED and CLOSED TIME_WAIT h1 -> h2."""
     lab = bare_lab(hosts=3)
     addresses = lab.add_bridge()
-    h1, h2 = lab.hosts[0], lab.hosts[1]
-    keep = []
-    with _netns.entered(f"/run/netns/{h2.name}"):
-        listener = socket.socket()
-        listener.bind((addresses["h2"], 0))
-        listener.listen(64)
-    keep.append(listener)
+    port, keep = bridge_connections(lab, "h1", "h2", HELD, CLOSED)
     try:
-        with _netns.entered(f"/run/netns/{h1.name}"):
-            clients = [socket.socket() for _i in range(HELD + CLOSED)]
-        for index, client in enumerate(clients):
-            client.settimeout(10)
-            client.connect(listener.getsockname())
-            server, _peer = listener.accept()
-            if index < HELD:
-                keep += [client, server]
-            else:
-                client.close()  # h1 closes first: TIME_WAIT in h1
-                server.close()
-        yield lab, addresses, listener.getsockname()[1]
+        yield lab, addresses, port
     finally:
         for sock in keep:
             sock.close()
