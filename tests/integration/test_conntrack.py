@@ -10,13 +10,15 @@ does) and compared with that namespace's own table as the kernel prints it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 
 import pytest
-from lab_probes import gather
+from lab_probes import COLLECTIONS, gather
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack, _netns
 
@@ -139,3 +141,25 @@ def test_facts_carry_the_block_and_the_finding_reads_it(bare_host):
     assert finding["evidence"]["count"] == block["count"] and finding["evidence"]["nf_conntrack_max"] == block["max"]
     assert {e["state"]: e["count"] for e in finding["evidence"]["states"]} == sc.report["expected_conntrack"]
     assert finding["evidence"]["timeouts"]["nf_conntrack_tcp_timeout_time_wait"] == block["timeouts"]["time_wait"]
+
+
+UNPRIVILEGED = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack
+print(json.dumps(_conntrack.collect_conntrack()))
+"""
+
+
+def test_unprivileged_gets_the_figures_and_a_warning(bare_host):
+    """nfnetlink wants CAP_NET_ADMIN for a dump: without it the figures stay and the states are null, with a reason."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not found")
+    sc = bare_host.start_scenario("conntrack", count=5)
+    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED]
+    res = bare_host.run([*cmd, COLLECTIONS], check=True)
+    block, warnings = json.loads(res.stdout)
+    assert block["available"] is True and block["count"] == sum(sc.report["expected_conntrack"].values())
+    assert block["states"] is None and block["source"] is None
+    assert warnings == ["conntrack: states not read: ctnetlink dump: Operation not permitted"]
