@@ -162,10 +162,19 @@ class ConntrackCounter:
         states = self.states
         entry_type = CT_ENTRY_TYPE
         unpack_head = NLMSG_HEAD.unpack_from
+        # The TCP layout of the previous entry, tried first: a table is mostly one layout. Its expected
+        # fields start with the message length, so a match also proves the message fits (checked first).
+        last_unpack, last_expected, last_length = None, None, 0
         for chunk in chunks:
             n = len(chunk)
             off = 0
             while off < n:
+                if last_unpack is not None and off + last_length <= n:
+                    fields = last_unpack(chunk, off)
+                    if fields[:-1] == last_expected:
+                        states[fields[-1]] += 1
+                        off += (last_length + 3) & ~3
+                        continue
                 if n - off < 16:
                     raise DiagError(f"ctnetlink dump: {n - off} trailing bytes, not a message header")
                 length, typ, flags = unpack_head(chunk, off)
@@ -180,6 +189,7 @@ class ConntrackCounter:
                             if fields[:-1] == layout[1]:
                                 states[fields[-1]] += 1
                                 off += (length + 3) & ~3
+                                last_unpack, last_expected, last_length = layout[0].unpack_from, layout[1], length
                                 continue
                         elif fields == layout[1]:
                             self.other += 1
