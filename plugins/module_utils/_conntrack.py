@@ -316,20 +316,21 @@ def open_ctnetlink_socket():
     return open_diag_socket(NETLINK_NETFILTER, "ctnetlink")
 
 
-def dump_ctnetlink(counter_factory=ConntrackCounter, attempts=DUMP_ATTEMPTS):
+def dump_ctnetlink(attempts=DUMP_ATTEMPTS, open_socket=open_ctnetlink_socket):
     """Dump this namespace's conntrack table; a counter (retried while the kernel flags NLM_F_DUMP_INTR).
 
     Call only after :func:`ctnetlink_dump_allowed` said yes.  Raises ConntrackUnavailable or DiagError.
+    ``open_socket`` replaces the NETLINK_NETFILTER socket (tests replay recorded dumps through it).
     """
     counter = None
     for attempt in range(1, attempts + 1):
-        sock = open_ctnetlink_socket()
+        sock = open_socket()
         try:
             try:
                 sock.sendall(build_dump_request(seq=attempt))
             except OSError as exc:
                 raise ConntrackUnavailable(f"ctnetlink request refused: {exc}") from exc
-            counter = counter_factory().feed(recv_chunks(sock))
+            counter = ConntrackCounter().feed(recv_chunks(sock))
         finally:
             sock.close()
         if not counter.interrupted:

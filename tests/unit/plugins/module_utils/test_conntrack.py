@@ -294,3 +294,43 @@ def test_failed_dump_keeps_the_figures_and_warns(tmp_path, exc):
     assert block["available"] is True and block["count"] is not None
     assert block["states"] is None and block["source"] is None
     assert warnings == [f"conntrack: states not read: {exc}"]
+
+
+class ReplaySocket:
+    """Plays recorded datagrams back to recv_chunks (recv_into with MSG_TRUNC, as the kernel answers)."""
+
+    def __init__(self, chunks, sent):
+        self.chunks = list(chunks)
+        self.sent = sent
+
+    def sendall(self, data):
+        self.sent.append(bytes(data))
+
+    def recv_into(self, buf, _nbytes=0, _flags=0):
+        chunk = self.chunks.pop(0)
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self):
+        pass
+
+
+def interrupted(chunks):
+    """The recorded stream with NLM_F_DUMP_INTR on its first entry (the kernel sets it when the table changed)."""
+    damaged = [bytearray(c) for c in chunks]
+    index, off, _length = entries(damaged)[0]
+    flags = struct.unpack_from("=H", damaged[index], off + 6)[0]
+    struct.pack_into("=H", damaged[index], off + 6, flags | ct.NLM_F_DUMP_INTR)
+    return [bytes(c) for c in damaged]
+
+
+@pytest.mark.parametrize(("interrupted_dumps", "dumps", "warned"), [(0, 1, False), (2, 3, False), (3, 3, True)])
+def test_dump_is_retried_while_the_kernel_says_it_was_interrupted(interrupted_dumps, dumps, warned):
+    clean = read_chunks("tracked")
+    streams = [interrupted(clean)] * interrupted_dumps + [clean] * 3
+    sent = []
+    counter = ct.dump_ctnetlink(open_socket=lambda: ReplaySocket(streams.pop(0), sent))
+    assert [ct.NLMSGHDR.unpack_from(request)[3] for request in sent] == list(range(1, dumps + 1))  # seq per dump
+    assert counter.interrupted is warned
+    assert counter.result() == ct.ConntrackCounter().feed(clean).result()
+    assert any("NLM_F_DUMP_INTR" in w for w in counter.warnings()) is warned
