@@ -22,6 +22,7 @@ SMALL = {
     "syn_recv": {"count": 15},
     "established": {"count": 60},
     "mix": {"count": 6000, "workers": 2},
+    "conntrack": {"count": 10},
     # churn kinds hold still (delay) while the counts are compared; test_churn_* below runs the churn
     "churn_client": {"count": 50, "delay": 300},
     "churn_server_close": {"count": 50, "delay": 300},
@@ -51,7 +52,7 @@ def test_every_kind_is_covered():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_scenario_counts_match_ss(bare_host, kind):
-    if kind == "syn_recv" and shutil.which("nft") is None:
+    if kind in ("syn_recv", "conntrack") and shutil.which("nft") is None:
         pytest.skip("nft (nftables) missing")
     opts = dict(SMALL[kind])
     sc = bare_host.start_scenario(kind, hold=300, **opts)
