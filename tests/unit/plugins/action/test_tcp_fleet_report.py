@@ -111,6 +111,61 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     assert f"reports: {out}" in done.stdout
 
 
+def three_host_inventory(tmp_path):
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        "good": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                        "down": {
+                            "ansible_connection": "ssh",
+                            "ansible_host": "127.0.0.1",
+                            "ansible_port": closed_port(),
+                            "ansible_ssh_common_args": "-o ConnectTimeout=5 -o BatchMode=yes",
+                        },
+                        "broken": {"ansible_connection": "local", "ansible_python_interpreter": "/bin/false"},
+                    }
+                }
+            }
+        )
+    )
+    return inventory
+
+
+def test_audit_with_limit_reports_the_limited_hosts(tmp_path):
+    """AWX's Limit: the audit reports on the limited hosts instead of silently skipping the report."""
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i", str(inventory), "playbooks/audit.yml", "--limit", "good,down", "-e", f"audit_output_dir={out}"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "latest" / "report.json").read_text())
+    assert {h["name"]: h["status"] for h in report["hosts"]} == {"good": "ok", "down": "unreachable"}
+    assert f"reports: {out}" in done.stdout
+
+
+def test_audit_fails_when_limit_leaves_no_audited_host(tmp_path):
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "--limit",
+        "good",
+        "-e",
+        "audit_hosts=broken",
+        "-e",
+        f"audit_output_dir={out}",
+    )
+    assert done.returncode != 0
+    assert "audit_hosts broken with --limit good leaves no host to audit" in done.stdout
+    assert not out.exists()
+
+
 def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):
     inventory = tmp_path / "inventory.yml"
     marker = tmp_path / "touched"
