@@ -436,6 +436,7 @@ def _report_bytes(hosts, **extra):
     [
         (b"\xff\xfe", "not a JSON report"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "total": NaN}'), "NaN"),
+        (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "x": 1e999}'), "1e999"),
         (b"[" * 100000, "not a JSON report"),
         (_report_bytes([]).replace(b'"schema": 1', b'"schema": 2'), "report schema 2 is not 1"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": {}}]), "hosts[0].findings"),
