@@ -89,16 +89,12 @@ def read_only_collection(tmp_path):
         umount(target)
 
 
-def test_audit_from_a_read_only_collection_writes_under_the_working_directory(tmp_path, read_only_collection):
+def test_audit_from_a_read_only_collection_writes_under_the_working_directory(
+    tmp_path, read_only_collection, ansible_env
+):
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"),
-        ANSIBLE_NOCOLOR="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
+    env = dict(ansible_env, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_NOCOLOR="1")
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),

@@ -56,8 +56,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
-    inventory = tmp_path / "inventory.yml"
+def three_host_inventory(tmp_path):
+    inventory = tmp_path / "inventory.json"
     inventory.write_text(
         json.dumps(
             {
@@ -76,6 +76,11 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
             }
         )
     )
+    return inventory
+
+
+def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
+    inventory = three_host_inventory(tmp_path)
     out = tmp_path / "reports"
     # audit_query is checked first by the action in check mode (no host, no file), then run on the report
     done = playbook(
@@ -109,29 +114,6 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     for name in ("good", "down", "broken"):
         assert any(line.strip().startswith(name) for line in done.stdout.splitlines())
     assert f"reports: {out}" in done.stdout
-
-
-def three_host_inventory(tmp_path):
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "hosts": {
-                        "good": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-                        "down": {
-                            "ansible_connection": "ssh",
-                            "ansible_host": "127.0.0.1",
-                            "ansible_port": closed_port(),
-                            "ansible_ssh_common_args": "-o ConnectTimeout=5 -o BatchMode=yes",
-                        },
-                        "broken": {"ansible_connection": "local", "ansible_python_interpreter": "/bin/false"},
-                    }
-                }
-            }
-        )
-    )
-    return inventory
 
 
 def test_audit_with_limit_reports_the_limited_hosts(tmp_path):
