@@ -235,9 +235,23 @@ def _shown(value) -> str:
 
 
 _STATE = _one_of(STATES)
-_SCALAR = _optional(
-    lambda v, p: None if isinstance(v, (str, bool)) or _is_finite(v) else f"{p} is {_shown(v)}, not a value"
-)
+# a sysctl holds one value or a few (ip_local_port_range [10240, 65000], tcp_mem's three page counts)
+SYSCTL_VALUES_MAX = 8
+
+
+def _sysctl_value(value, path):
+    """A recommended sysctl value: a number, a string, or a short list of them (None: not set)."""
+    if value is None or _is_finite(value):
+        return None
+    if not isinstance(value, list):
+        return _text(value, path)
+    if len(value) > SYSCTL_VALUES_MAX:
+        return f"{path} has more than {SYSCTL_VALUES_MAX} values"
+    for index, element in enumerate(value):
+        problem = None if _is_finite(element) else _text(element, f"{path}[{index}]")
+        if problem:
+            return problem
+    return None
 
 
 def _finding_check(evidence):
@@ -251,7 +265,8 @@ def _finding_check(evidence):
                 {
                     "kind": _optional(_text),
                     "text": _optional(_text),
-                    "sysctls": _optional(_mapping(_text, _SCALAR)),
+                    "sysctls": _optional(_mapping(_text, _sysctl_value)),
+                    "profile": _optional(_text),
                 }
             ),
         },

@@ -164,6 +164,8 @@ def _remediation(key, value):
     [
         (_remediation("sysctls", ["net.ipv4.tcp_fin_timeout", 30]), "findings[0].remediation.sysctls"),
         (_remediation("text", {"x": 1}), "findings[0].remediation.text"),
+        (_remediation("sysctls", {"net.ipv4.ip_local_port_range": [[1], 2]}), "ip_local_port_range[0]"),
+        (_remediation("sysctls", {"net.core.somaxconn": float("nan")}), "net.core.somaxconn"),
         (_first_finding("remediation", ["a"]), "findings[0].remediation"),
         (_first_finding("summary", 12), "findings[0].summary"),
         (_first_finding("evidence", {"ratio": float("nan")}), "findings[0].evidence.ratio"),
@@ -375,6 +377,27 @@ def test_write_reports_refuses_no_file_format(tmp_path):
 
 # ---------------------------------------------------------------------------
 # issue 12: hosts sort naturally; history and merge read reports back as hostile input
+
+
+def test_findings_of_the_current_diagnose_are_well_formed():
+    """Every finding _diagnose makes from the recorded facts passes the check (list-valued sysctls, profile)."""
+    from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import diagnose  # noqa: PLC0415
+
+    for name, recorded in RECORDED.items():
+        facts = copy.deepcopy(recorded)
+        facts["findings"] = diagnose(facts)
+        entry = fr.host_entry(name, result=registered(facts))
+        assert entry["status"] == "ok", entry["error"]
+    facts = copy.deepcopy(RECORDED["clean"])
+    finding = {"code": "EPHEMERAL_PORT_PRESSURE", "severity": "warning", "summary": "s", "evidence": {}}
+    finding["remediation"] = {
+        "kind": "sysctl",
+        "text": "t",
+        "sysctls": {"net.ipv4.ip_local_port_range": [10240, 65000]},
+    }
+    finding["remediation"]["profile"] = "busy-client"
+    facts["findings"] = [finding]
+    assert fr.host_entry("h", result=registered(facts))["status"] == "ok"
 
 
 def test_every_table_sorts_hosts_naturally():
