@@ -24,7 +24,7 @@ import tempfile
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
-from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank, worst_severity
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
 
 REPORT_SCHEMA = 1
@@ -417,12 +417,11 @@ def host_entry(name: str, result=None, facts=None, in_play: bool = True) -> dict
         }
         for f in facts["findings"]
     ]
-    worst = max((severity_order(f["severity"]) for f in findings), default=0)
     total = facts.get("total")
     entry = {
         "name": name,
         "status": "ok",
-        "severity": SEVERITIES[worst - 1] if worst else None,
+        "severity": worst_severity(f["severity"] for f in findings),
         "total": total if total is not None else sum(states[s] for s in STATES),
         "states": {s: states[s] for s in STATES},
         "findings": findings,
@@ -698,11 +697,10 @@ def entry_from_report(raw: dict) -> dict:
     if raw["status"] != "ok" or raw.get("states") is None:
         status = "malformed" if raw["status"] == "ok" else raw["status"]
         return _empty_entry(raw["name"], status, raw.get("error") or ("no states" if status == "malformed" else None))
-    worst = max((severity_order(f["severity"]) for f in raw["findings"]), default=0)
     entry = {
         "name": raw["name"],
         "status": "ok",
-        "severity": SEVERITIES[worst - 1] if worst else None,
+        "severity": worst_severity(f["severity"] for f in raw["findings"]),
         "total": raw["total"] if raw.get("total") is not None else sum(raw["states"].values()),
         "states": {s: raw["states"][s] for s in STATES},
         # checked, from parsed JSON: kept as they are (rebuilding 100,000 hosts' findings costs a second)
