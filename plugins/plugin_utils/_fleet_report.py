@@ -1308,7 +1308,7 @@ def _svg_pressure(hosts: list) -> str:
 def _chart_hosts(report: dict, key) -> tuple[list, str]:
     ok_hosts = [e for e in report["hosts"] if e["status"] == "ok"]
     if len(ok_hosts) <= CHART_MAX_HOSTS:
-        return sorted(ok_hosts, key=lambda e: (-key(e), e["name"])), ""
+        return sorted(ok_hosts, key=lambda e: (-key(e), natural_key(e["name"]))), ""
     chosen = heapq.nlargest(CHART_MAX_HOSTS, ok_hosts, key=lambda e: (key(e), e["name"]))
     return chosen, f'<p class="muted">Showing the {CHART_MAX_HOSTS} highest of {len(ok_hosts)} hosts.</p>'
 
