@@ -253,6 +253,33 @@ def test_every_renderer_survives_any_mutated_host(name, data, junk, host):
     check_every_renderer(report)
 
 
+def test_the_fast_check_takes_every_recorded_host():
+    # the recorded hosts must not fall back to the explaining walk, which is what costs time
+    for facts in RECORDED.values():
+        assert fr.FACTS_CHECK.ok(facts)
+        assert fr.FACTS_CHECK(facts, "") is None
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(NAMES), data=st.data(), junk=JUNK)
+@example(name="close_wait_leak", data=None, junk=True)
+@example(name="time_wait_churn", data=None, junk=float("inf"))
+def test_the_fast_check_is_never_laxer_than_the_explanation(name, data, junk):
+    """FACTS_CHECK.ok (generated from the schema) accepts nothing the explaining check refuses."""
+    facts = copy.deepcopy(RECORDED[name])
+    path = ("findings", 0, "evidence") if data is None else data.draw(st.sampled_from(PATHS[name]))
+    node = facts
+    for key in path[:-1]:
+        node = node[key]
+    if isinstance(node, list) and not node:
+        return
+    node[path[-1]] = junk
+    problem = fr.FACTS_CHECK(facts, "")
+    if fr.FACTS_CHECK.ok(facts):
+        assert problem is None, problem
+    assert (fr.check_facts(facts) == []) == (problem is None)
+
+
 # ---------------------------------------------------------------------------
 # item 6: host data is data, never markup
 
