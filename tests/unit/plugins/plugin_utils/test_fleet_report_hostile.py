@@ -490,6 +490,22 @@ def _report_bytes(hosts, **extra):
         (b"\xff\xfe", "not a JSON report"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "total": NaN}'), "NaN"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "x": 1e999}'), "1e999"),
+        # the same overflows without the tell-tale exponent, and in an encoding the byte scan cannot read
+        (
+            _report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(
+                b"[]}", b'[], "x": 1' + b"0" * 400 + b".0}"
+            ),
+            "not a JSON report",
+        ),
+        (
+            _report_bytes(
+                [{"name": "a", "status": "ok", "findings": [{"code": "X", "severity": "info", "evidence": {"r": 1}}]}]
+            )
+            .decode()
+            .replace('"r": 1', '"r": 9e999')
+            .encode("utf-16-le"),
+            "9e999",
+        ),
         (b"[" * 100000, "not a JSON report"),
         (_report_bytes([]).replace(b'"schema": 1', b'"schema": 2'), "report schema 2 is not 1"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": {}}]), "hosts[0].findings"),
