@@ -17,7 +17,8 @@ from collect_sockets_fixtures import read_chunks, read_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 
 STREAMS = {
     "ipv4": read_chunks("close_wait_leak", "ipv4"),
@@ -35,10 +36,10 @@ def run_both(family, chunks):
     """Both netlink decoders; returns True when they finished, False when they raised a Diag error."""
     outcomes = []
     try:
-        records = list(cs.decode_diag_stream(chunks, family, warnings=[]))
+        records = list(nl.decode_diag_stream(chunks, family, warnings=[]))
         assert all(len(r) == 14 for r in records)
         outcomes.append(True)
-    except (cs.DiagError, cs.DiagUnavailable):
+    except (nl.DiagError, nl.DiagUnavailable):
         outcomes.append(False)
     agg = cs.SocketAggregator(top=3, owner_states=("CLOSE_WAIT", "LISTEN"), track_states=("FIN_WAIT1",))
     try:
@@ -46,7 +47,7 @@ def run_both(family, chunks):
         result = agg.result()
         assert result["total"] == sum(result["states"].values())
         outcomes.append(True)
-    except (cs.DiagError, cs.DiagUnavailable):
+    except (nl.DiagError, nl.DiagUnavailable):
         outcomes.append(False)
     return outcomes
 
