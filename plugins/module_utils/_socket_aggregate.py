@@ -145,14 +145,16 @@ class SocketAggregator:
         self.port_counts = [0] * ((ST_NEW_SYN_RECV + 1) << 16)
         self.by_local = [defaultdict(int) for _state in range(256)]
         self.by_peer = [defaultdict(int) for _state in range(256)]
-        # (peer address, peer port) per state, of sockets on an ephemeral local port only: the
+        # (peer address, peer port) per state, of sockets on a local port nothing listens on: the
         # outgoing connections, whose peer endpoint is a service (an accepted connection's peer
-        # port is the client's ephemeral port, one key per socket that would name nobody).
+        # port is the client's ephemeral port: one key per socket that would name nobody).
         self.peer_endpoints = [defaultdict(int) for _state in range(256)]
         self.tuples = defaultdict(int)  # (src, dst, dport) of sockets on an ephemeral local port
         # Local ports counted for ephemeral-port pressure: in ip_local_port_range and not a
         # port something listens on (accepted server sockets share the listener's port).
         self.ephemeral = bytearray(65536)
+        # Listening ports: both dumps (netlink and /proc) list listeners before connections.
+        self.listening = bytearray(65536)
         self.ephemeral[max(low, 0) : min(high, 65535) + 1] = b"\x01" * max(0, min(high, 65535) + 1 - max(low, 0))
         self.owner_inodes = {}
         self.tracked = array("Q")
@@ -188,7 +190,12 @@ class SocketAggregator:
         counts = self.family_counts[family_name(family)]
         send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
         port_counts, by_local, by_peer, tuples = self.port_counts, self.by_local, self.by_peer, self.tuples
-        peer_endpoints, ephemeral, special = self.peer_endpoints, self.ephemeral, self.special
+        peer_endpoints, ephemeral, listening, special = (
+            self.peer_endpoints,
+            self.ephemeral,
+            self.listening,
+            self.special,
+        )
         if source == "procfs":
             self.listen_backlog_known = False
         before = sum(counts)
@@ -216,9 +223,10 @@ class SocketAggregator:
                 port_counts[(st << 16) | sport] += 1
                 by_local[st][src] += 1
                 by_peer[st][dst] += 1
-                if ephemeral[sport]:
-                    tuples[(src, dst, dport)] += 1
+                if not listening[sport]:
                     peer_endpoints[st][(dst, dport)] += 1
+                    if ephemeral[sport]:
+                        tuples[(src, dst, dport)] += 1
         return sum(counts) - before
 
     def feed_netlink(self, family, chunks):
@@ -231,6 +239,7 @@ class SocketAggregator:
 
     def _add_listener(self, src, port, accept_queue, backlog, inode):
         self.ephemeral[port] = 0
+        self.listening[port] = 1
         table = self.owner_tables[ST_LISTEN]
         if table is not None and inode:
             table[inode] = table.get(inode, 0) + 1
@@ -421,7 +430,7 @@ def collect_sockets(
         top         {by_local_port: {state: [{port, count}]}, by_local_address: {state: [{address, count}]},
                      by_peer: {state: [{address, count, scope}]},
                      by_peer_endpoint: {state: [{address, port, count, scope}]}} for states with
-                    sockets (not LISTEN); by_peer_endpoint counts sockets on an ephemeral local port
+                    sockets (not LISTEN); by_peer_endpoint counts sockets on a local port nothing listens on
         warnings    [str]
         _owner_inodes   {state: {inode: count}} for owner_states (inode 0 never: nobody holds it)
         _tracked        sorted array("Q") of the cookies of the track_states sockets (procfs: a

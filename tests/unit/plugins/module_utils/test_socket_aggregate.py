@@ -194,6 +194,35 @@ def test_top_equal_ss(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_top_by_peer_endpoint_equal_ss(name):
+    """Busiest peer address:port per state among outgoing sockets (on a local port nothing listens on)."""
+    top = 3
+    result = aggregate(name, top=top)
+    rows = ss_rows(name)
+    listening = {r["local"][1] for r in rows if r["state"] == "LISTEN"}
+    outgoing = [r for r in rows if r["state"] != "LISTEN" and r["local"][1] not in listening]
+    local = set(meta(name)["local_addresses"])
+    assert set(result["top"]["by_peer_endpoint"]) == {r["state"] for r in rows if r["state"] != "LISTEN"}
+    for state, got in result["top"]["by_peer_endpoint"].items():
+        expected = Counter(r["peer"] for r in outgoing if r["state"] == state)
+        assert len(got) == min(top, len(expected))
+        counts = [e["count"] for e in got]
+        assert counts == sorted(counts, reverse=True)
+        for entry in got:
+            assert entry["count"] == expected[(entry["address"], entry["port"])]
+            assert entry["scope"] == cs.address_scope(entry["address"], local)
+        left_out = [c for k, c in expected.items() if k not in {(e["address"], e["port"]) for e in got}]
+        assert all(c <= counts[-1] for c in left_out)
+
+
+def test_time_wait_churn_names_the_service_it_hammers():
+    result = aggregate("time_wait_churn")
+    server = next(r for r in ss_rows("time_wait_churn") if r["state"] == "LISTEN")
+    busiest = result["top"]["by_peer_endpoint"]["TIME_WAIT"][0]
+    assert (busiest["port"], busiest["count"]) == (server["local"][1], meta("time_wait_churn")["scenario"]["count"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_busiest_tuple_equal_ss(name):
     result = aggregate(name)
     rows = ss_rows(name)
