@@ -551,3 +551,42 @@ def test_recv_chunks_copy_keeps_data(dgram_pair):
         if len(got) == len(chunks):
             break
     assert got == chunks
+
+
+def _with_distinct_cookies(chunks, copies):
+    """The recorded dump ``copies`` times over (end message once), each copy's cookies made distinct."""
+    body, end = chunks[:-1], chunks[-1]
+    out = []
+    for copy in range(copies):
+        for chunk in body:
+            data = bytearray(chunk)
+            off = 0
+            while off + nl.DIAG_MSG_LEN <= len(data):
+                length, typ = struct.unpack_from("=IH", data, off)
+                if typ == nl.SOCK_DIAG_BY_FAMILY:
+                    (cookie,) = struct.unpack_from("=Q", data, off + 60)  # idiag_cookie in nlmsghdr + inet_diag_msg
+                    struct.pack_into("=Q", data, off + 60, cookie + (copy << 40))
+                off += (length + 3) & ~3
+            out.append(bytes(data))
+    return [*out, end]
+
+
+def test_interval_memory_is_8_bytes_per_tracked_socket():
+    """Issue 10 item 11: what a first sample keeps for persistent-socket detection stays compact."""
+    import tracemalloc  # noqa: PLC0415
+
+    chunks = _with_distinct_cookies(read_chunks("close_wait_leak", "ipv4"), 100)
+    tracked_states = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        aggregator = cs.SocketAggregator(track_states=tracked_states)
+        aggregator.feed_netlink("ipv4", chunks)
+        kept = aggregator.result()["_tracked"]
+        del aggregator
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    count = sum(1 for row in ss_rows("close_wait_leak") if row["state"] in tracked_states) * 100
+    assert len(kept) == count > 1000
+    assert retained / count < 16  # a dict entry with a tuple per socket was ~150 bytes
