@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_collect_sockets on real sockets: lab scenarios in a namespace, checked against ss, pyroute2 and /proc.
+"""collect_sockets (_socket_aggregate) on real sockets: lab scenarios in a namespace, checked against ss, pyroute2 and /proc.
 
 The collector runs inside the lab namespace in a subprocess (``ip netns exec``),
 as the module does on a managed node.
