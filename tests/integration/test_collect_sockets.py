@@ -56,7 +56,9 @@ def refused(*args, **kwargs):
     # what open_diag_socket raises when socket(AF_NETLINK, ..., NETLINK_SOCK_DIAG) fails with EACCES
     raise nl.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
 nl.dump = refused
-print(json.dumps(cs.collect_sockets()))
+result = cs.collect_sockets()
+result["_tracked"] = list(result["_tracked"])
+print(json.dumps(result))
 """
 
 PYROUTE2 = """
