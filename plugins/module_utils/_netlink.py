@@ -190,7 +190,7 @@ def message_layouts(keep, v4_address="4s12x"):
 
 # Every inet_diag_msg field a record needs (rows: len, type_flags, state, timer, retrans,
 # sport, dport, src, dst, cookie, expires, rqueue, wqueue, uid, inode).
-RECORD_LAYOUTS = message_layouts(
+RECORD_KEEP = frozenset(
     {
         "idiag_state",
         "idiag_timer",
@@ -207,6 +207,7 @@ RECORD_LAYOUTS = message_layouts(
         "idiag_inode",
     }
 )
+RECORD_LAYOUTS = message_layouts(RECORD_KEEP)
 
 RECV_BUFSIZE = 1 << 16  # the kernel fills at most ~32 KiB per dump skb
 SO_RCVBUF_WANTED = 1 << 22
