@@ -17,10 +17,21 @@ import os
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _diagnose, _netns
+from ansible_collections.netstate.tcp.plugins.module_utils import (
+    _collect_owners,
+    _collect_system,
+    _conntrack,
+    _diagnose,
+    _netns,
+    _peer_namespaces,
+    _trace,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
-from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import collect_sockets
+from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import (
+    collect_sockets,
+    read_local_addresses,
+)
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
@@ -39,6 +50,7 @@ ARGUMENT_SPEC = {
     "namespaces": {"type": "raw", "default": "current"},
     "thresholds": {"type": "dict"},
     "families": {"type": "list", "elements": "str", "choices": list(FAMILIES), "default": list(FAMILIES)},
+    "trace": {"type": "float", "default": 0},
 }
 
 
@@ -113,6 +125,12 @@ def _check_namespaces(namespaces):
     raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 
 
+def _check_trace(trace):
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+    return trace
+
+
 def _check_thresholds(thresholds):
     if thresholds is None:
         thresholds = {}
@@ -129,6 +147,7 @@ _OPTION_CHECKS = {
     "namespaces": _check_namespaces,
     "thresholds": _check_thresholds,
     "families": _check_families,
+    "trace": _check_trace,
 }
 
 
@@ -170,6 +189,8 @@ def take_sample(options, track, persistent_before=None, owners=True):
         raise FactsError(f"cannot collect sockets: {err}") from err
     warnings.extend(sockets.pop("warnings", None) or [])
     system = _collect_system.collect_system(warnings=warnings)
+    conntrack, conntrack_warnings = _conntrack.collect_conntrack()
+    warnings.extend(conntrack_warnings)
     try:
         inode = _netns.current_inode()
     except OSError as err:
@@ -180,12 +201,15 @@ def take_sample(options, track, persistent_before=None, owners=True):
         "collected_at": _utc_now(),
         "sockets": sockets,
         "system": system,
+        "conntrack": conntrack,
+        # The namespace's own addresses name peers in other namespaces (only when several are described).
+        "addresses": read_local_addresses() if options["namespaces"] != "current" else (),
         "inode": inode,
         "warnings": warnings,
     }
 
 
-def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True):
+def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True, churn=None):
     """The tcp_state dict from the last sample (and the first one for rates/persistent)."""
     sockets = last["sockets"]
     system = last["system"]
@@ -234,9 +258,12 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "sysctls": system["sysctls"],
         "effective": _collect_system.effective_settings(system["sysctls"]),
         "pressure": pressure,
+        "conntrack": last.get("conntrack"),
         "findings": [],
         "warnings": warnings,
     }
+    if churn is not None:
+        block["churn"] = churn
     block["findings"] = _diagnose.diagnose(block, options["thresholds"])
     return block
 
@@ -289,6 +316,24 @@ def _targets(options, warnings):
     return targets, current
 
 
+def _name_peer_namespaces(blocks, samples, targets, current, name=None):
+    """Peers owned by another of the sampled namespaces get its {inode, name} and container."""
+    listed = []
+    pids = {current: os.getpid()}
+    for label, sample in samples.items():
+        ns = targets.get(label)
+        if ns is None:
+            listed.append((sample["inode"], name, sample.get("addresses") or ()))
+            continue
+        listed.append((ns["inode"], ns["name"], sample.get("addresses") or ()))
+        if ns.get("pid"):
+            pids.setdefault(ns["inode"], ns["pid"])
+    owners = _peer_namespaces.address_owners(listed)
+    container_of = _peer_namespaces.ContainerLookup(pids)
+    for block in blocks.values():
+        _peer_namespaces.name_peers(block, owners, container_of)
+
+
 def gather_facts(options):
     """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}."""
     warnings = []
@@ -326,7 +371,7 @@ def gather_facts(options):
     first = None
     if track:
         first = sample_all()
-        time.sleep(options["interval"])
+    churn = _trace.churn_window(options["trace"], options["interval"], warnings)
     last = sample_all(first)
     usable = {label: sample for label, sample in last.items() if sample}
     owners = _resolve_owners(usable, options, warnings)
@@ -338,8 +383,16 @@ def gather_facts(options):
         name = current_name if ns is None else ns["name"]
         host_figures = ns is None or sample["system"]["initial"]
         blocks[label] = build_block(
-            before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
+            before or None,
+            sample,
+            options,
+            owners_result=owners.get(label),
+            name=name,
+            host_figures=host_figures,
+            churn=churn(sample["inode"], name, options["top"]) if churn else None,
         )
+    if options["namespaces"] != "current":
+        _name_peer_namespaces(blocks, usable, dict(targets), current, name=current_name)
     tcp_state = blocks[""]
     # With `interval` both samples meet the same unreadable namespace: say each thing once.
     tcp_state["warnings"] = list(dict.fromkeys(warnings + tcp_state["warnings"]))

@@ -78,6 +78,8 @@ options:
         namespace is always described, so V(current) adds nothing to a list of names.
       - Entering another namespace needs root (C(CAP_SYS_ADMIN)); a namespace that cannot be entered is
         listed in RV(ansible_facts.tcp_state.warnings).
+      - With more than the current namespace, peers owned by another described namespace (a local container)
+        are named with its C(namespace) and C(container) in RV(ansible_facts.tcp_state.top).
       - Host-wide figures (sockstat C(tcp_orphan), C(tcp_alloc), C(tcp_mem_pages)) appear once, in
         RV(ansible_facts.tcp_state) and in the initial namespace's block; other namespaces' blocks have them
         null.
@@ -90,8 +92,29 @@ options:
     elements: str
     choices: [ipv4, ipv6]
     default: [ipv4, ipv6]
+  trace:
+    description:
+      - Seconds to watch TCP state changes and name the processes that make the churn, in
+        RV(ansible_facts.tcp_state.churn). V(0) (the default) turns tracing off. At most V(60).
+      - With O(interval) the module waits once, for whichever is longer, and traces during that wait.
+      - Tracing uses the kernel tracepoint C(sock:inet_sock_set_state) (Linux 4.16 or later) through a private
+        tracefs instance C(instances/netstate-<pid>-<random>) with an in-kernel filter (connect, active close,
+        passive close, peer close) and a bounded buffer; it never touches the global trace buffer or another
+        tool's instance. The instance is removed on every exit path; one left by a killed run is removed by the
+        next run. When tracefs is not mounted it is mounted in a private mount namespace of the module's own
+        process, so the host's mount table does not change.
+      - Only events raised in process context are credited to a process; events raised in softirq or hardirq
+        context (where the current task is arbitrary) count in the session totals only.
+      - Needs root in the host's PID namespace. Where tracing is not possible (unprivileged, kernel lockdown,
+        inside a container, no tracepoint) C(source) of RV(ansible_facts.tcp_state.churn) is null and a warning
+        says why.
+      - With O(namespaces), one trace session serves every namespace; each block lists the processes of its own
+        namespace (from C(/proc/<pid>/ns/net)).
+    type: float
+    default: 0
 notes:
-  - Read-only. Nothing on the host is changed, in check mode or not.
+  - Read-only. Nothing on the host is changed, in check mode or not; with O(trace) a tracefs instance exists for
+    the duration of the task only.
   - C(tcp_orphan_retries=0) means 8 retries to the kernel; RV(ansible_facts.tcp_state.effective) shows the
     effective value.
   - In a non-initial network namespace C(net.ipv4.tcp_max_orphans) and C(net.ipv4.tcp_mem) do not exist; they are
@@ -184,6 +207,14 @@ EXAMPLES = r"""
   loop: "{{ ansible_facts.tcp_state_namespaces | dict2items }}"
   loop_control:
     label: "{{ item.key }}"
+
+# Who makes the churn: trace TCP state changes for 10 s.
+- name: Name the processes that open and close connections
+  netstate.tcp.tcp_state_facts:
+    trace: 10
+- name: Show the busiest churners
+  ansible.builtin.debug:
+    var: ansible_facts.tcp_state.churn.processes
 
 - name: Two named namespaces, IPv4 only
   netstate.tcp.tcp_state_facts:
@@ -313,6 +344,12 @@ ansible_facts:
             - C(by_peer_endpoint) counts peer address and port of the sockets on a local port nothing listens on
               (outgoing connections), so TIME_WAIT churn names the service it hammers; accepted connections are
               left out (their peer port is the client's ephemeral port).
+            - With O(namespaces) other than V(current), every C(by_peer) and C(by_peer_endpoint) entry (and each
+              C(churn.peers) entry) also has C(namespace) and C(container). When another described namespace owns
+              the peer address (one of its own addresses, and of no other namespace), C(namespace) is its
+              C(inode) and C(name) and C(container) the container id a process inside it shows in its cgroup
+              (null without one); otherwise both are null. V(all) describes every namespace of the host, so
+              local containers are named; with a list of names only those namespaces can be.
           returned: always
           type: dict
           sample: {by_local_port: {TIME_WAIT: [{port: 6601, count: 5000}]},
@@ -418,6 +455,57 @@ ansible_facts:
               most connections), C(in_use) (its connection count) and C(ratio).
           returned: always
           type: dict
+        conntrack:
+          description:
+            - The namespace's nf_conntrack table. Figures come from C(/proc/sys/net/netfilter), the TCP states from
+              one ctnetlink dump (C(NETLINK_NETFILTER)) decoded as a stream.
+            - The module never makes the kernel load a module. When nf_conntrack is not loaded, C(available) is
+              false and every figure is null. When C(nf_conntrack_netlink) is not loaded (and the kernel could
+              load it, as a ctnetlink request would make it), C(states) is null and a warning says so; the
+              other figures are still given.
+          returned: always
+          type: dict
+          contains:
+            available:
+              description: Whether nf_conntrack is loaded (its sysctls exist in this namespace).
+              type: bool
+              returned: always
+            source:
+              description: V(ctnetlink) when C(states) was read; null when it could not be (see the warnings).
+              type: str
+              returned: always
+            count:
+              description: Entries in this namespace's table (C(nf_conntrack_count)), all protocols.
+              type: int
+              returned: always
+            max:
+              description: The table limit (C(nf_conntrack_max)); 0 means no limit.
+              type: int
+              returned: always
+            ratio:
+              description: C(count) / C(max), null when either is unknown or C(max) is 0.
+              type: float
+              returned: always
+            states:
+              description:
+                - TCP entries per conntrack state, every state present (V(NONE), V(SYN_SENT), V(SYN_RECV),
+                  V(ESTABLISHED), V(FIN_WAIT), V(CLOSE_WAIT), V(LAST_ACK), V(TIME_WAIT), V(CLOSE), V(SYN_SENT2)).
+                - Conntrack states are the firewall's view of a connection, one entry per connection, not
+                  per socket.
+              type: dict
+              returned: always
+            timeouts:
+              description:
+                - Seconds an entry stays in each TCP state without traffic (C(nf_conntrack_tcp_timeout_<name>)) -
+                  C(syn_sent), C(syn_recv), C(established), C(fin_wait), C(close_wait), C(last_ack), C(time_wait),
+                  C(close), C(max_retrans), C(unacknowledged).
+              type: dict
+              returned: always
+          sample: {available: true, source: ctnetlink, count: 60, max: 262144, ratio: 0.0002,
+                   states: {NONE: 0, SYN_SENT: 0, SYN_RECV: 0, ESTABLISHED: 20, FIN_WAIT: 0, CLOSE_WAIT: 20,
+                            LAST_ACK: 0, TIME_WAIT: 20, CLOSE: 0, SYN_SENT2: 0},
+                   timeouts: {syn_sent: 120, syn_recv: 60, established: 432000, fin_wait: 120, close_wait: 60,
+                              last_ack: 30, time_wait: 120, close: 10, max_retrans: 300, unacknowledged: 300}}
         findings:
           description:
             - Diagnoses, each with a stable C(code) (CLOSE_WAIT_LEAK, TIME_WAIT_CHURN, FIN_WAIT1_STUCK,
@@ -433,6 +521,37 @@ ansible_facts:
                     summary: "1570 CLOSE_WAIT sockets held by pid 1234 (proxy)", evidence: {},
                     remediation: {kind: application, text: "Fix the application: it never closes these sockets.",
                                   sysctls: {}}}]
+        churn:
+          description:
+            - Who makes the churn, from tracing TCP state changes for O(trace) seconds (C(sock:inet_sock_set_state)
+              through a private tracefs instance).
+            - C(source) - V(tracefs), or null when tracing was not possible (C(reason) and a warning say why).
+            - C(seconds) - how long the trace ran.
+            - C(events) - state changes copied out by the session (the tracepoint is host-wide, so every namespace
+              and context counts); C(lost_events) - dropped, overwritten or unread events (rates are lower bounds
+              when not 0); C(interrupt_events) - events raised in softirq or hardirq context, credited to no
+              process; C(unresolved_events) - events of processes that exited before they were seen, or over the
+              process cap; C(namespace_events) - events credited to processes of this namespace.
+            - C(totals) - session-wide C(connects), C(active_closes), C(passive_closes), C(peer_closes) (the peer
+              closed first, ESTABLISHED to CLOSE_WAIT), every context included.
+            - C(processes) - the most active processes of this namespace (at most O(top)), each with C(pid),
+              C(comm), C(cmdline), C(user), C(container), C(netns) (C(inode), C(name)), C(connects) (connect),
+              C(active_closes) (close first, the side that ends in TIME_WAIT), C(passive_closes) (close after the
+              peer), C(peer_closes), C(connects_per_second), C(active_closes_per_second) and C(top_peers)
+              (C(address), C(port), C(count) of connects and active closes).
+            - C(peers) - the remote endpoints of this namespace's processes, each with C(address), C(port),
+              C(connects) and C(active_closes), busiest first.
+          returned: when O(trace) is above 0
+          type: dict
+          sample: {source: tracefs, seconds: 10.0, events: 6120, lost_events: 0, interrupt_events: 1530,
+                   unresolved_events: 0, namespace_events: 4590,
+                   totals: {connects: 1530, active_closes: 1530, passive_closes: 1530, peer_closes: 1530},
+                   processes: [{pid: 1234, comm: api, cmdline: "api --port 8080", user: www, container: null,
+                                netns: {inode: 4026531840, name: null}, connects: 1530, active_closes: 1530,
+                                passive_closes: 0, peer_closes: 0, connects_per_second: 153.0,
+                                active_closes_per_second: 153.0,
+                                top_peers: [{address: 10.0.0.5, port: 6601, count: 3060}]}],
+                   peers: [{address: 10.0.0.5, port: 6601, connects: 1530, active_closes: 1530}]}
         warnings:
           description: What could not be read (for example other users' processes without root).
           returned: always

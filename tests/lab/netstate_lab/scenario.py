@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import select
+import selectors
 import signal
 import socket
 import struct
@@ -54,6 +55,9 @@ KINDS = (
     "syn_recv",
     "established",
     "mix",
+    "churn_client",
+    "churn_server_close",
+    "conntrack",
 )
 
 DEFAULT_COUNTS = {
@@ -65,6 +69,9 @@ DEFAULT_COUNTS = {
     "syn_recv": 20,
     "established": 50,
     "mix": 300000,
+    "churn_client": 200,
+    "churn_server_close": 200,
+    "conntrack": 20,
 }
 
 COMMS = {
@@ -76,7 +83,12 @@ COMMS = {
     "syn_recv": "nsl-syn-recv",
     "established": "nsl-established",
     "mix": "nsl-mix",
+    "churn_client": "nsl-churner",
+    "churn_server_close": "nsl-srv-closer",
+    "conntrack": "nsl-conntrack",
 }
+# The other side of a churn scenario (a separate process, so attribution can tell them apart).
+CHURN_PEER_COMMS = {"churn_client": "nsl-churn-srv", "churn_server_close": "nsl-churn-cli"}
 
 # Seconds the kernel keeps a state by itself with default sysctls (TIME_WAIT is fixed at 60 s).
 STATE_TTL = {
@@ -505,6 +517,22 @@ def sc_listen_overflow(args, deadline):
     return report, [lsock, clients], None
 
 
+def nft_input_table(nft, table, rule, priority=0):
+    """Add nftables table ``inet <table>`` with one input-hook rule in this namespace; returns its cleanup."""
+    rules = (
+        f"table inet {table} {{\n chain input {{\n  type filter hook input priority {priority}; policy accept;\n"
+        f"  {rule}\n }}\n}}\n"
+    )
+    res = subprocess.run([nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
+    if res.returncode:
+        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
+
+    def cleanup():
+        subprocess.run([nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
+
+    return cleanup
+
+
 def sc_syn_recv(args, deadline):
     count = args.count
     if not args.nft:
@@ -516,17 +544,8 @@ def sc_syn_recv(args, deadline):
     lsock = listener(args.port, backlog=min(somaxconn, count + 64))
     port = lsock.getsockname()[1]
     table = f"nsl_synrecv_{os.getpid()}"
-    rules = (
-        f"table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
-        f"  ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop\n }}\n}}\n"
-    )
-    res = subprocess.run([args.nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
-    if res.returncode:
-        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
-
-    def cleanup():
-        subprocess.run([args.nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
-
+    rule = f"ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop"
+    cleanup = nft_input_table(args.nft, table, rule, priority=-10)
     try:
         sources = Sources(args.block)
         clients = []
@@ -561,6 +580,94 @@ def sc_established(args, deadline):
     observed = wait_for_counts([port], expected, deadline)
     report = {"ports": {"server": [port]}, "expected": expected, "observed": observed}
     return report, [lsock, pairs], None
+
+
+def read_child_line(fd, deadline):
+    """One line a child process writes on pipe `fd` (b"" if it died first), or None at the deadline."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        if deadline.left() <= 0:
+            return None
+        ready, _w, _x = select.select([fd], [], [], min(1.0, deadline.left()))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def proc_conntrack(port, path="/proc/net/nf_conntrack"):
+    """{TCP conntrack state: entries} of this namespace's table whose original destination port is ``port``.
+
+    None when the kernel has no /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS off).
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    counts = {}
+    for line in lines:
+        fields = line.split()
+        # "ipv4 2 tcp 6 <ttl> <STATE> src=.. dst=.. sport=.. dport=.. ...": the first dport is the original's
+        if len(fields) < 6 or fields[2] != "tcp":
+            continue
+        dport = next((f for f in fields if f.startswith("dport=")), None)
+        if dport == f"dport={port}":
+            counts[fields[5]] = counts.get(fields[5], 0) + 1
+    return counts
+
+
+def sc_conntrack(args, deadline):
+    """N ESTABLISHED, N TIME_WAIT and N CLOSE_WAIT connections that nf_conntrack tracks in this namespace.
+
+    nf_conntrack tracks a namespace's packets only once a rule there uses it: an nftables
+    ``ct state`` rule (which accepts everything) registers the conntrack hooks.
+    """
+    count = args.count
+    if not args.nft:
+        raise ScenarioFailed("conntrack needs nft (nftables) for a ct state rule; nft was not found")
+    changed = ensure_tw_buckets(count + 1000)
+    raise_nofile(6 * count + 256)
+    table = f"nsl_ct_{os.getpid()}"
+    cleanup = nft_input_table(args.nft, table, "ct state established,related,new counter accept")
+    try:
+        lsock = listener(args.port)
+        port = lsock.getsockname()[1]
+        sources = Sources(args.block)
+        established = make_pairs(lsock, sources, count, deadline, "connecting")
+        churn_time_wait(lsock, sources, count, deadline)
+        half_closed = make_pairs(lsock, sources, count, deadline, "connecting")
+        for c, _srv in half_closed:
+            c.shutdown(socket.SHUT_WR)  # FIN from the client, ACKed by the server: CLOSE_WAIT on both sides
+        expected = {"ESTABLISHED": 2 * count, "TIME_WAIT": count, "CLOSE_WAIT": count, "FIN_WAIT2": count, "LISTEN": 1}
+        observed = wait_for_counts([port], expected, deadline)
+        expected_ct = {"ESTABLISHED": count, "TIME_WAIT": count, "CLOSE_WAIT": count}
+        end = min(time.monotonic() + 10, deadline.end)
+        observed_ct = proc_conntrack(port)
+        while observed_ct is not None and observed_ct != expected_ct and time.monotonic() < end:
+            time.sleep(0.05)
+            observed_ct = proc_conntrack(port)
+        if observed_ct is not None and observed_ct != expected_ct:
+            raise ScenarioFailed(f"conntrack states never reached: expected {expected_ct}, table shows {observed_ct}")
+    except BaseException:
+        cleanup()
+        raise
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "expected_conntrack": expected_ct,
+        "observed_conntrack": observed_ct,
+        "nft_table": f"inet {table}",
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60, "conntrack TIME_WAIT": 120, "conntrack CLOSE_WAIT": 60},
+        "notes": "conntrack entries (one per connection): ESTABLISHED for the idle pairs, TIME_WAIT for the churned "
+        "ones, CLOSE_WAIT for the half-closed ones; the kernel expires conntrack CLOSE_WAIT after "
+        "nf_conntrack_tcp_timeout_close_wait (60 s) and TIME_WAIT after ..._time_wait (120 s)",
+    }
+    return report, [lsock, established, half_closed], cleanup
 
 
 def mix_plan(total, workers):
@@ -635,16 +742,9 @@ def sc_mix(args, deadline):
         pipes.append(r)
     results = []
     for r in pipes:
-        buf = b""
-        while not buf.endswith(b"\n"):
-            if deadline.left() <= 0:
-                raise ScenarioFailed("timed out waiting for mix workers")
-            ready, _w, _x = select.select([r], [], [], min(1.0, deadline.left()))
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
+        buf = read_child_line(r, deadline)
+        if buf is None:
+            raise ScenarioFailed("timed out waiting for mix workers")
         os.close(r)
         results.append(json.loads(buf) if buf.strip() else {"ok": False, "error": "worker died"})
     bad = [x["error"] for x in results if not x.get("ok")]
@@ -675,6 +775,179 @@ def sc_mix(args, deadline):
     return report, [], children
 
 
+# --------------------------------------------------------------------------- churn
+# A churn scenario reports ready at once, then (after --delay seconds, so a tracer can start first)
+# makes --count short connections at --rate per second, bounded by count and by --timeout, and
+# rewrites its report with what it did under "done". The side that closes first is the scenario's
+# own process; the other side is a child with its own comm.
+
+
+def stop_requested():
+    """A stop signal is pending (they are blocked in scenario processes until hold() takes them)."""
+    return bool(signal.sigpending() & set(_STOP_SIGNALS))
+
+
+def churn_serve(lsock, count, server_closes, deadline):
+    """Accept `count` connections; close each at once (server closes first) or after the client's FIN."""
+    lsock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ)
+    accepted = closed = 0
+    while closed < count and deadline.left() > 0 and not stop_requested():
+        for key, _mask in sel.select(timeout=min(0.2, deadline.left())):
+            if key.fileobj is lsock:
+                while accepted < count:
+                    try:
+                        conn, _peer = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    accepted += 1
+                    if server_closes:
+                        conn.close()  # active close by the server: TIME_WAIT on the listening port
+                        closed += 1
+                    else:
+                        conn.setblocking(False)
+                        sel.register(conn, selectors.EVENT_READ)
+                continue
+            conn = key.fileobj
+            try:
+                data = conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn)
+                conn.close()  # passive close after the client's FIN: CLOSE_WAIT -> LAST_ACK
+                closed += 1
+    sel.close()
+    return {"accepted": accepted, "closed": closed}
+
+
+def churn_connect(dst, sources, count, rate, *, client_closes, deadline):
+    """`count` connections at `rate` per second; the client closes first, or after the server's FIN."""
+    started = time.monotonic()
+    made = 0
+    for i in range(count):
+        wait = started + i / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, deadline.left()))
+        if deadline.left() <= 0 or (i % 64 == 0 and stop_requested()):
+            break
+        c = client_socket(sources)
+        c.connect(dst)
+        if not client_closes:
+            c.settimeout(max(0.1, deadline.left()))
+            try:
+                c.recv(1)  # the server's FIN: b""
+            except OSError:
+                pass
+        c.close()
+        made += 1
+    elapsed = time.monotonic() - started
+    return {"connections": made, "seconds": round(elapsed, 3), "rate": round(made / elapsed, 1) if elapsed else 0.0}
+
+
+def _churn_child(kind, role, go_r, done_w):
+    """The peer side of a churn scenario, in a forked child: waits for go, runs `role`, reports on a pipe."""
+    set_pdeathsig(signal.SIGKILL)
+    set_comm(CHURN_PEER_COMMS[kind])
+    os.read(go_r, 1)
+    try:
+        result = role()
+    except Exception as exc:  # reported to the parent, which records it in the report
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    os.write(done_w, (json.dumps(result) + "\n").encode())
+
+
+def sc_churn(args, deadline, client_closes):
+    kind = args.kind
+    if not 0 < args.rate <= 100000:
+        raise ScenarioFailed(f"--rate must be between 1 and 100000 per second, got {args.rate}")
+    changed = ensure_tw_buckets(args.count + 1000)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    dst = lsock.getsockname()
+    sources = Sources(args.block)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+
+    def child_role():
+        if client_closes:
+            return churn_serve(lsock, args.count, False, Deadline(args.timeout))
+        return churn_connect(dst, sources, args.count, args.rate, client_closes=False, deadline=Deadline(args.timeout))
+
+    child = os.fork()
+    if child == 0:
+        try:
+            _churn_child(kind, child_role, go_r, done_w)
+        finally:
+            os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+
+    def run():
+        if args.delay > 0 and signal.sigtimedwait(_STOP_SIGNALS, args.delay) is not None:
+            return {"stopped": True, "connections": 0}  # stopped before the churn began
+        started_at = time.time()
+        os.write(go_w, b"g")
+        churn_deadline = Deadline(args.timeout)
+        if client_closes:
+            own = churn_connect(dst, sources, args.count, args.rate, client_closes=True, deadline=churn_deadline)
+        else:
+            own = churn_serve(lsock, args.count, True, churn_deadline)
+        peer = {"error": "peer process gave no result"}
+        buf = read_child_line(done_r, churn_deadline)
+        if buf and buf.strip():
+            peer = json.loads(buf)
+        client = own if client_closes else peer
+        return {
+            "started_at": started_at,
+            "ended_at": time.time(),
+            "connections": client.get("connections", 0),
+            "seconds": client.get("seconds", 0.0),
+            "rate": client.get("rate", 0.0),
+            "closer": own,
+            "peer": peer,
+        }
+
+    closer = "client" if client_closes else "server"
+    report = {
+        "ports": {"server": [port]},
+        "expected": {"LISTEN": 1},
+        "observed": {"LISTEN": 1},
+        "churn": {
+            "count": args.count,
+            "rate": args.rate,
+            "delay": args.delay,
+            "closer": closer,
+            "closer_pid": os.getpid(),
+            "closer_comm": COMMS[kind],
+            "peer_pid": child,
+            "peer_comm": CHURN_PEER_COMMS[kind],
+        },
+        "pids": {"main": os.getpid(), "peer": child},
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60},
+        "notes": f"the {closer} ({COMMS[kind]}, this pid) closes first and its side ends in TIME_WAIT; "
+        f"{CHURN_PEER_COMMS[kind]} (pid {child}) is the other side; report['done'] appears when the churn ended",
+    }
+    AFTER_READY[os.getpid()] = run
+    return report, [lsock], [child]
+
+
+def sc_churn_client(args, deadline):
+    return sc_churn(args, deadline, client_closes=True)
+
+
+def sc_churn_server_close(args, deadline):
+    return sc_churn(args, deadline, client_closes=False)
+
+
+# Work a scenario does after its report says ready (pid -> callable returning the "done" report entry).
+AFTER_READY = {}
+
+
 SCENARIOS = {
     "time_wait_churn": sc_time_wait_churn,
     "close_wait_leak": sc_close_wait_leak,
@@ -684,6 +957,9 @@ SCENARIOS = {
     "syn_recv": sc_syn_recv,
     "established": sc_established,
     "mix": sc_mix,
+    "churn_client": sc_churn_client,
+    "churn_server_close": sc_churn_server_close,
+    "conntrack": sc_conntrack,
 }
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -748,6 +1024,8 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--nft", default="")
     p.add_argument("--pdeathsig", action="store_true")
+    p.add_argument("--rate", type=int, default=100, help="churn: connections per second")
+    p.add_argument("--delay", type=float, default=0.0, help="churn: seconds between ready and the first connection")
     args = p.parse_args(argv)
     if args.count is None:
         args.count = DEFAULT_COUNTS[args.kind]
@@ -795,6 +1073,10 @@ def main(argv=None):
     report["pids"] = pids or {"main": os.getpid()}
     try:
         write_json(args.report, report)
+        after = AFTER_READY.pop(os.getpid(), None)
+        if after is not None:
+            report["done"] = after()
+            write_json(args.report, report)
         hold(keep, args.hold)
     finally:
         if cleanup:
