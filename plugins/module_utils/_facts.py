@@ -16,7 +16,7 @@ import os
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _diagnose, _netns
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_system, _diagnose, _netns, _owners
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES, collect_sockets
 
 SCHEMA = 1
@@ -233,12 +233,12 @@ def _resolve_owners(samples, options, warnings):
             wanted.update(inode for inode in inodes if inode)
         wanted.update(item.get("inode") or 0 for item in sample["sockets"].get("listeners", []))
     wanted.discard(0)
-    held = _collect_owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
+    held = _owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
     for label, sample in samples.items():
         owner_inodes = {state: [] for state in options["owners"]}
         owner_inodes.update(sample["sockets"].get("_owner_inodes", {}))
         listener_inodes = [item.get("inode") for item in sample["sockets"].get("listeners", [])]
-        results[label] = _collect_owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
+        results[label] = _owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
     return results
 
 
