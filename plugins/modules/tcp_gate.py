@@ -52,8 +52,10 @@ options:
     default: {}
   processes:
     description:
-      - Maximum sockets per TCP state held by the processes of one name (C(/proc/<pid>/comm), at most 15
-        characters; longer names are cut to 15), summed over all its pids.
+      - Maximum sockets per TCP state held by the processes of one name, summed over all its pids.
+      - The kernel keeps a process name (C(/proc/<pid>/comm)) in 15 bytes, cut possibly inside a multi-byte
+        character. A name matches the processes whose comm is the first 15 bytes of its UTF-8 encoding, so the full
+        name and the kernel's cut name both match.
       - "For example C({java: {close_wait: 50}})."
       - States and counts as in O(max). Sockets in TIME_WAIT and orphans belong to no process.
     type: dict
@@ -86,11 +88,14 @@ options:
   timeout:
     description:
       - Seconds to wait for every check to pass (a host draining its connections). V(0) takes one sample.
+      - A finite number from V(0) to V(86400) (one day).
+      - The module stops waiting as soon as its controller is gone (the connection that started it closed).
     type: float
     default: 0
   poll_interval:
     description:
-      - Seconds between two samples while waiting (O(timeout)). Must be above V(0).
+      - Seconds between two samples while waiting (O(timeout)), a finite number from V(0.1) to V(3600). The last
+        wait is cut to the deadline.
     type: float
     default: 5
 notes:
@@ -266,10 +271,20 @@ def main():
         warnings[:] = list(facts.get("warnings") or [])
         return facts
 
+    def rediagnose(facts):
+        return _diagnose.diagnose(facts, facts_options["thresholds"])
+
+    def sample(detailed):
+        return _gate.sample_host(spec, collect, detailed, rediagnose=rediagnose)
+
+    watch = _gate.ControllerWatch()
     try:
-        result = _gate.run_gate(spec, lambda detailed: _gate.sample_host(spec, collect, detailed))
+        result = _gate.run_gate(spec, sample, sleep=watch.sleep)
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_gate: cannot sample the host: {err}", passed=False, exception=traceback.format_exc())
+    if result["controller_gone"]:
+        # nobody reads this any more; exiting is what matters
+        module.fail_json(msg="tcp_gate: the controller went away while the gate was waiting; stopped polling")
     for warning in result["warnings"]:
         # an unmeasurable ratio check passes: say so where the operator looks, not only in warnings_list
         module.warn(warning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,8 @@ def test_valid_spec_is_normalized():
     )
     assert result["max"] == {"CLOSE_WAIT": 100}
     assert result["ports"] == {8080: {"CLOSE_WAIT": 20}}
-    # /proc/<pid>/comm keeps 15 characters
-    assert result["processes"] == {"a-very-long-pro": {"LISTEN": 0}}
+    # kept as given: matching compares what the kernel keeps of it (its first 15 UTF-8 bytes)
+    assert result["processes"] == {"a-very-long-process-name": {"LISTEN": 0}}
     assert result["ratios"] == {"orphans": 0.5, "memory": 1.0}
     assert result["fail_on_codes"] == ["CLOSE_WAIT_LEAK"]
     assert (result["timeout"], result["poll_interval"]) == (30, 0.5)
@@ -94,8 +95,20 @@ INVALID = [
         ["fail_on_codes: unknown finding code 'CLOSE_WAIT_LAKE'", ", ".join(CODES)],
     ),
     ({"fail_on_severity": "info"}, ["fail_on_severity: must be one of warning, critical, got 'info'"]),
-    ({"max": {"listen": 1}, "timeout": -5}, ["timeout: must be a number of seconds >= 0, got -5"]),
-    ({"max": {"listen": 1}, "poll_interval": 0}, ["poll_interval: must be a number of seconds > 0, got 0"]),
+    ({"max": {"listen": 1}, "timeout": -5}, ["timeout: must be a finite number of seconds from 0 to 86400, got -5"]),
+    ({"max": {"listen": 1}, "timeout": float("nan")}, ["timeout: must be a finite number of seconds", "got nan"]),
+    ({"max": {"listen": 1}, "timeout": float("inf")}, ["timeout: must be a finite number of seconds", "got inf"]),
+    ({"max": {"listen": 1}, "timeout": 1e308}, ["timeout: must be a finite number of seconds from 0 to 86400"]),
+    ({"max": {"listen": 1}, "timeout": 86400.5}, ["timeout: must be a finite number of seconds from 0 to 86400"]),
+    ({"max": {"listen": 1}, "timeout": "30"}, ["timeout: must be a finite number of seconds", "got '30'"]),
+    (
+        {"max": {"listen": 1}, "poll_interval": 0},
+        ["poll_interval: must be a finite number of seconds from 0.1 to 3600"],
+    ),
+    ({"max": {"listen": 1}, "poll_interval": 1e-9}, ["poll_interval: must be a finite number of seconds", "got 1e-09"]),
+    ({"max": {"listen": 1}, "poll_interval": float("nan")}, ["poll_interval: must be a finite number", "got nan"]),
+    ({"max": {"listen": 1}, "poll_interval": float("-inf")}, ["poll_interval: must be a finite number", "got -inf"]),
+    ({"max": {"listen": 1}, "poll_interval": 3601}, ["poll_interval: must be a finite number of seconds from 0.1"]),
     ({}, ["nothing to check"]),
 ]
 
@@ -288,3 +301,46 @@ def test_run_gate_without_timeout_samples_once():
     sample = Sampler(itertools.repeat(leak[:2]))
     result = _gate.run_gate(spec(max={"close_wait": 0}), sample, clock, clock.sleep)
     assert (result["passed"], result["samples"], clock.sleeps, sample.kinds) == (False, 1, [], [True])
+
+
+def test_processes_match_a_multibyte_name_cut_by_the_kernel():
+    """The kernel keeps 15 bytes of comm, here cut inside a character: full and cut names both match."""
+    facts, breakdown, report = load("close_wait_leak")
+    name = "ab日本語のプロセス"  # 26 UTF-8 bytes; the 15th is the first byte of "プ"
+    kernel_comm = name.encode()[:15]
+    count = report["observed"]["CLOSE_WAIT"]
+    breakdown["comm"] = {pid: kernel_comm if pid == report["pid"] else comm for pid, comm in breakdown["comm"].items()}
+    for given in (name, kernel_comm.decode("utf-8", "replace"), "ab日本語の"):
+        result = _gate.evaluate(spec(processes={given: {"close_wait": count - 1}}), facts, breakdown)
+        (check,) = result["checks"]
+        expected = count if given != "ab日本語の" else 0  # 14 bytes: another name
+        assert (check["metric"], check["value"]) == (f"{given} CLOSE_WAIT", expected), given
+    result = _gate.evaluate(spec(processes={name: {"close_wait": 0}}), facts, breakdown)
+    assert result["offenders"][0]["processes"][0]["comm"] == "ab日本語の\ufffd"
+
+
+def test_controller_watch_sees_the_reader_go_away():
+    read_end, write_end = os.pipe()
+    try:
+        watch = _gate.ControllerWatch(fds=(write_end,))
+        assert watch.gone() is False
+        assert watch.sleep(0.05) is False
+        os.close(read_end)  # the controller's end of the module's stdout closes
+        assert watch.gone() is True
+        assert watch.sleep(30) is True  # returns at once
+    finally:
+        os.close(write_end)
+
+
+def test_run_gate_stops_polling_when_the_controller_is_gone():
+    leak = load("close_wait_leak")
+    clock = FakeClock()
+    sample = Sampler(itertools.repeat(leak[:2]))
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        return len(sleeps) == 2  # gone during the second wait
+
+    result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=600, poll_interval=1), sample, clock, sleep)
+    assert (result["controller_gone"], result["samples"], result["passed"]) == (True, 2, False)

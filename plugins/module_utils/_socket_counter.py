@@ -1,0 +1,96 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The exact counter: per-state socket counts by local port, peer and owner (the gate's consumer).
+
+Where the facts aggregator keeps top-N tables of every state, the counter keeps
+exact figures for the few states a gate names: how many sockets, on which local
+ports, to which peers, and (after one /proc/<pid>/fd pass of the owners layer)
+held by which pid on which port.  It is fed (family, record) pairs from the same
+record source as the aggregator: one kernel dump whose state mask holds only
+the counted states (and a port filter when no owner is needed).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _socket_info
+
+_LISTEN = cs.STATE_NUMBERS["LISTEN"]
+
+
+class SocketCounter:
+    """Exact counts of `states`: {STATE: {total, ports: {port: n}, peers: {addr: n}, pids: {pid: {port: n}}}}.
+
+    exclude(family, record) -> True drops a socket before it is counted (peer filters).
+    """
+
+    def __init__(self, states, with_inodes=False, exclude=None):
+        self.states = {state: {"total": 0, "ports": {}, "peers": {}, "pids": {}} for state in states}
+        self.with_inodes = with_inodes
+        self.exclude = exclude
+        self.inode_of = {}  # socket inode -> (state, local port), for the owner pass
+        self.comm = {}  # pid -> comm bytes
+
+    def feed(self, records):
+        """Count every (family, record) pair of an iterable."""
+        for family, record in records:
+            number = record[cs.R_STATE]
+            state = cs.STATES[number - 1]
+            detail = self.states.get(state)
+            if detail is None or (self.exclude is not None and self.exclude(family, record)):
+                continue  # a state not counted (NEW_SYN_RECV is reported as SYN_RECV) or an excluded peer
+            sport = record[cs.R_SPORT]
+            detail["total"] += 1
+            detail["ports"][sport] = detail["ports"].get(sport, 0) + 1
+            if number != _LISTEN:
+                peer = socket.inet_ntop(family, bytes(record[cs.R_DST]))
+                detail["peers"][peer] = detail["peers"].get(peer, 0) + 1
+            if self.with_inodes and record[cs.R_INODE]:
+                self.inode_of[record[cs.R_INODE]] = (state, sport)
+
+    def attribute(self, held, read_comm=_owners.read_comm_bytes):
+        """Owners from scan_socket_fds()'s {pid: [inode]}: per pid and local port, plus each pid's comm bytes."""
+        for pid, inodes in held.items():
+            for inode in inodes:
+                state, sport = self.inode_of[inode]
+                per_port = self.states[state]["pids"].setdefault(pid, {})
+                per_port[sport] = per_port.get(sport, 0) + 1
+            self.comm[pid] = read_comm(pid)
+
+    def owner_inodes(self):
+        """{STATE: [inode]} of the counted sockets (for _owners.find_owners)."""
+        result = {state: [] for state in self.states}
+        for inode, (state, _sport) in self.inode_of.items():
+            result[state].append(inode)
+        return result
+
+
+def count_sockets(states, ports=(), with_owners=True, *, exclude=None, records=None, scan=None, warnings=None):
+    """One dump of `states` (and at most one /proc/<pid>/fd pass when `with_owners`) into a SocketCounter.
+
+    ports: with no owner wanted, the kernel filters these local ports too.
+    records: the record source, `records(query, warnings)` -> (family, record) pairs
+    (default: netlink, /proc/net/tcp where netlink is refused).
+    scan: the owners layer's scan_socket_fds.  Returns (counter, held) where held
+    is the pass's {pid: [inode]} ({} without one).
+    """
+    warnings = warnings if warnings is not None else []
+    counter = SocketCounter(states, with_inodes=with_owners, exclude=exclude)
+    if not states:
+        return counter, {}
+    bytecode = b""
+    if ports and not with_owners:
+        bytecode = df.compile_filter(df.any_of(df.port_range("local", p, p) for p in sorted(ports)))
+    query = {"states": list(states), "bytecode": bytecode, "details": False}
+    if records is None:
+        counter.feed(_socket_info.iter_matches(query, None, warnings=warnings))
+    else:
+        counter.feed(records(query, warnings))
+    held = {}
+    if counter.inode_of:
+        held = (scan or _owners.scan_socket_fds)(set(counter.inode_of), warnings=warnings)
+        counter.attribute(held)
+    return counter, held

@@ -1,0 +1,88 @@
+# Copyright: netstate.tcp contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""_socket_counter on netlink dumps recorded from lab namespaces, against `ss -tanoe` recorded with them.
+
+ss (iproute2) is the independent decoder: the counter's exact per-state totals,
+local-port and peer counts must equal what ss listed, socket by socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import pytest
+from collect_sockets_fixtures import NAMES, read_chunks, ss_rows
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_counter as sc
+
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+def recorded_records(name):
+    for family, number in FAMILIES.items():
+        for record in cs.decode_diag_stream(read_chunks(name, family), family):
+            yield number, record
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counts_equal_ss_for_every_state(name):
+    rows = ss_rows(name)
+    states = sorted({row["state"] for row in rows})
+    counter = sc.SocketCounter(states, with_inodes=True)
+    counter.feed(recorded_records(name))
+    for state in states:
+        mine = [row for row in rows if row["state"] == state]
+        detail = counter.states[state]
+        assert detail["total"] == len(mine), state
+        assert detail["ports"] == dict(Counter(row["local"][1] for row in mine)), state
+        if state != "LISTEN":
+            # ss prints IPv4-mapped peers as ::ffff:a.b.c.d, as inet_ntop does
+            assert detail["peers"] == dict(Counter(row["peer"][0] for row in mine)), state
+    with_inode = {row["inode"]: row["state"] for row in rows if row["inode"]}
+    assert {inode: state for inode, (state, _port) in counter.inode_of.items()} == with_inode
+
+
+def test_uncounted_states_and_excluded_peers_are_dropped():
+    rows = ss_rows("close_wait_leak")
+    counter = sc.SocketCounter(["CLOSE_WAIT"], exclude=lambda family, record: record[cs.R_DPORT] % 2 == 0)
+    counter.feed(recorded_records("close_wait_leak"))
+    expected = [row for row in rows if row["state"] == "CLOSE_WAIT" and row["peer"][1] % 2]
+    assert expected
+    assert counter.states["CLOSE_WAIT"]["total"] == len(expected)
+    assert set(counter.states) == {"CLOSE_WAIT"}
+
+
+def test_owners_are_attributed_per_pid_and_port():
+    rows = ss_rows("close_wait_leak")
+    close_wait = [row for row in rows if row["state"] == "CLOSE_WAIT"]
+    counter = sc.SocketCounter(["CLOSE_WAIT"], with_inodes=True)
+    counter.feed(recorded_records("close_wait_leak"))
+    inodes = [row["inode"] for row in close_wait]
+    # two processes share the sockets: pid 7 the first ten, pid 9 the rest
+    held = {7: inodes[:10], 9: inodes[10:]}
+    counter.attribute(held, read_comm=lambda pid: b"leaky-proxy" if pid == 7 else b"\xe5\x8f\xb0")
+    port = close_wait[0]["local"][1]
+    assert counter.states["CLOSE_WAIT"]["pids"] == {7: {port: 10}, 9: {port: len(inodes) - 10}}
+    assert counter.comm == {7: b"leaky-proxy", 9: b"\xe5\x8f\xb0"}
+    assert sorted(counter.owner_inodes()["CLOSE_WAIT"]) == sorted(inodes)
+
+
+def test_count_sockets_makes_one_dump_and_one_pass():
+    calls = {"dump": 0, "scan": 0}
+
+    def records(query, warnings):
+        calls["dump"] += 1
+        assert query["states"] == ["CLOSE_WAIT"] and query["bytecode"] == b""
+        return recorded_records("close_wait_leak")
+
+    def scan(wanted, warnings=None):
+        calls["scan"] += 1
+        return {42: sorted(wanted)}
+
+    counter, held = sc.count_sockets(["CLOSE_WAIT"], ports=(8080,), records=records, scan=scan)
+    assert calls == {"dump": 1, "scan": 1}
+    assert counter.states["CLOSE_WAIT"]["pids"][42]
+    assert held == {42: sorted(counter.inode_of)}
