@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -121,3 +123,105 @@ def test_a_ratio_the_namespace_cannot_measure_passes_with_a_warning(leak_lab):
     assert expected in result["warnings_list"]
     # shown as a task warning too (ansible-core 2.19 returns warnings as structured events)
     assert expected in json.dumps(result["warnings"])
+
+
+# 26 UTF-8 bytes: the kernel keeps 15, cut after the first byte of "プ"
+MULTIBYTE_NAME = "ab日本語のプロセス"
+
+
+@pytest.fixture
+def multibyte_leak(lab_available):
+    lab = Lab.create(hosts=1, ssh=False)
+    try:
+        host = lab.hosts[0]
+        yield host, host.start_scenario("close_wait_leak", count=20, comm=MULTIBYTE_NAME)
+    finally:
+        lab.destroy()
+
+
+def test_processes_match_a_multibyte_name_the_kernel_cut(multibyte_leak):
+    """Before the fix the gate cut names at 15 characters, matched nothing, reported 0 and passed."""
+    host, leak = multibyte_leak
+    kernel_comm = bytes.fromhex(leak.report["kernel_comm_hex"])
+    assert kernel_comm == MULTIBYTE_NAME.encode()[:15]
+    with pytest.raises(UnicodeDecodeError):
+        kernel_comm.decode()  # the cut landed inside a character
+    count = host.ss_count("close-wait")
+    assert count == leak.report["observed"]["CLOSE_WAIT"] > 0
+    shown = kernel_comm.decode("utf-8", "replace")
+    for given in (MULTIBYTE_NAME, shown):
+        result = run_gate(host, {"processes": {given: {"close_wait": 0}}})
+        assert result["failed"] is True and result["passed"] is False, given
+        assert result["checks"] == [{"metric": f"{given} CLOSE_WAIT", "value": count, "threshold": 0, "passed": False}]
+        (proc,) = result["offenders"][0]["processes"]
+        assert (proc["pid"], proc["comm"], proc["sockets"]) == (leak.pid, shown, count)
+    # 14 bytes is another name: nothing matches it
+    other = run_gate(host, {"processes": {"ab日本語の": {"close_wait": 0}}})
+    assert other["passed"] is True and other["checks"][0]["value"] == 0
+
+
+def _gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        return handle.read().split(")")[-1].split()[0] == "Z"
+
+
+def _wait_gone(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+WAITING_GATE = {"max": {"close_wait": 0}, "timeout": 600, "poll_interval": 1}
+
+
+def test_gate_stops_waiting_when_its_output_reader_goes_away(leak_lab):
+    """The controller's end of the module's stdout closes (SSH session or Ansible worker gone)."""
+    lab, _leak = leak_lab
+    proc = subprocess.Popen(
+        gate_command(lab.hosts[0], WAITING_GATE),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+    )
+    try:
+        time.sleep(3)  # the gate is waiting for the leak to drain
+        assert proc.poll() is None, "the gate must still be waiting"
+        proc.stdout.close()
+        proc.wait(timeout=60)  # far below its 600 s timeout: it stopped because nobody reads it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_gate_stops_waiting_when_its_parent_dies(leak_lab):
+    """The parent that started the module exits (the module is reparented); its stdout goes nowhere."""
+    lab, _leak = leak_lab
+    payload = json.dumps({"ANSIBLE_MODULE_ARGS": WAITING_GATE})
+    module = " ".join(shlex.quote(arg) for arg in [sys.executable, "-m", MODULE, payload])
+    parent = subprocess.Popen(
+        lab.hosts[0].exec_args(["sh", "-c", f"{module} >/dev/null 2>&1 & echo $!; wait"]),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+    )
+    gate_pid = int(parent.stdout.readline())
+    try:
+        time.sleep(3)
+        assert not _gone(gate_pid), "the gate must still be waiting"
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(gate_pid, 60), "the gate kept polling after its parent died"
+    finally:
+        if not _gone(gate_pid):
+            os.kill(gate_pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
