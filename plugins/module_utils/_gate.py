@@ -17,6 +17,7 @@ import os
 import select
 import time
 
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _socket_counter
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import severity_rank
 
@@ -42,9 +43,7 @@ class GateError(ValueError):
 # ---- validation ------------------------------------------------------------
 def normalize_state(name, states):
     """'time-wait', 'time_wait', 'TIME_WAIT' -> 'TIME_WAIT'; None when unknown."""
-    if not isinstance(name, str):
-        return None
-    canonical = name.strip().upper().replace("-", "_")
+    canonical = cs.normalize_state(name)
     return canonical if canonical in states else None
 
 
@@ -528,53 +527,47 @@ def breakdown_states(spec):
     return wanted
 
 
-def owner_states(spec):
-    """States whose owners the findings of a detailed sample are told (the ones the gate names)."""
-    return sorted(set(spec["max"]) | breakdown_states(spec))
-
-
 def needs_facts(spec):
     """Whether the checks need the whole tcp_state facts (pressure ratios, findings), not only counts."""
     return bool(spec["ratios"] or spec["fail_on_severity"] or spec["fail_on_codes"])
 
 
-def _count_plan(spec, facts, detailed):
+def _count_plan(spec, with_facts, detailed):
     """(states to count socket by socket, with owners, local ports the kernel may filter)."""
     states = set(breakdown_states(spec))
-    counts_max = facts is None and bool(spec["max"])
-    if counts_max:
-        states.update(spec["max"])  # no facts: the counter's totals are the state counts
-    if detailed and facts is not None:
-        # a breached per-state maximum gets its offenders named socket by socket
-        totals = facts.get("states") or {}
-        states.update(state for state, limit in spec["max"].items() if totals.get(state, 0) > limit)
-        if spec["fail_on_severity"] or spec["fail_on_codes"]:
-            states.update(owner_states(spec))  # the findings name owners from the same pass
+    if detailed or not with_facts:
+        # without facts the counter's totals are the state counts; a detailed sample names the
+        # offenders of every breached maximum, and gives the findings their owners, from one pass
+        states.update(spec["max"])
     with_owners = bool(spec["processes"]) or (detailed and bool(states))
-    # with owners every port is counted (offenders name them); otherwise the kernel filters the ports
-    ports = () if with_owners or counts_max else sorted(spec["ports"])
-    return sorted(states), with_owners, ports
+    # the kernel may filter the ports only when the counter makes its own dump for the port checks alone
+    alone = not with_owners and not (states - breakdown_states(spec)) and not with_facts
+    return sorted(states), with_owners, sorted(spec["ports"]) if alone else ()
 
 
-def sample_host(spec, collect_facts, detailed=True, count=_socket_counter.count_sockets, rediagnose=None):
-    """One sample: (facts, breakdown) from at most one facts dump, one counter dump and one /proc/<pid>/fd pass.
+def sample_host(spec, collect_facts, detailed=True, rediagnose=None, *, counting=_socket_counter):
+    """One sample: (facts, breakdown) from ONE kernel dump and at most one /proc/<pid>/fd pass.
 
-    Checks on counts only (max, ports, processes) make one dump of just the gated
-    states; the facts (and their dump) are collected only for ratios and findings.
-    The /proc/<pid>/fd pass (costly on hosts with many open files) is made only for
-    per-process checks, or when ``detailed`` to name a breach's owners; the
-    findings then get their owners from that same pass (``rediagnose(facts)``
-    recomputes them).
+    Checks on counts only (max, ports, processes) dump just the gated states into
+    the exact counter; with ratios or findings the facts are collected
+    (``collect_facts(options, record_tap)``) and the counter counts the same dump
+    on its way.  The /proc/<pid>/fd pass (costly on hosts with many open files) is
+    made only for per-process checks, or when ``detailed`` to name a breach's
+    owners; the findings then get their owners from that same pass
+    (``rediagnose(facts)`` recomputes them).
     """
-    facts = collect_facts({"owners": [], "top": TOP_OFFENDERS * 3}) if needs_facts(spec) else None
-    states, with_owners, ports = _count_plan(spec, facts, detailed)
+    with_facts = needs_facts(spec)
+    states, with_owners, ports = _count_plan(spec, with_facts, detailed)
     warnings = []
-    counter, held = count(states, ports=ports, with_owners=with_owners, warnings=warnings)
-    if facts is None:
+    counter = counting.SocketCounter(states, with_inodes=with_owners)
+    if with_facts:
+        facts = collect_facts({"owners": [], "top": TOP_OFFENDERS * 3}, counter if states else None)
+    else:
+        counting.dump_into(counter, ports, warnings=warnings)
         facts = {"states": {state: detail["total"] for state, detail in counter.states.items()}}
-    elif held and rediagnose is not None and (spec["fail_on_severity"] or spec["fail_on_codes"]):
+    held = counting.resolve_owners(counter, warnings=warnings) if with_owners else {}
+    if held and with_facts and rediagnose is not None and (spec["fail_on_severity"] or spec["fail_on_codes"]):
         inodes = counter.owner_inodes()
-        wanted = {state: inodes.get(state, []) for state in owner_states(spec)}
-        facts["owners"] = _owners.find_owners(wanted, top=TOP_OFFENDERS * 3, held=held)[0]
+        facts["owners"] = _owners.find_owners(inodes, top=TOP_OFFENDERS * 3, held=held)[0]
         facts["findings"] = rediagnose(facts)
     return facts, {"states": counter.states, "comm": counter.comm, "warnings": warnings}

@@ -7,15 +7,16 @@ exact figures for the few states a gate names: how many sockets, on which local
 ports, to which peers, and (after one /proc/<pid>/fd pass of the owners layer)
 held by which pid on which port.  It is fed (family, record) pairs from the same
 record source as the aggregator: one kernel dump whose state mask holds only
-the counted states (and a port filter when no owner is needed).
+the counted states (and a port filter when no owner is needed), or, as the
+record tap of the facts collection, the facts' own dump.
 """
 
 from __future__ import annotations
 
 import socket
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _socket_info
 
 _LISTEN = cs.STATE_NUMBERS["LISTEN"]
@@ -28,11 +29,23 @@ class SocketCounter:
     """
 
     def __init__(self, states, with_inodes=False, exclude=None):
-        self.states = {state: {"total": 0, "ports": {}, "peers": {}, "pids": {}} for state in states}
         self.with_inodes = with_inodes
         self.exclude = exclude
+        self.names = tuple(states)
+        self.restart()
+
+    def restart(self):
+        """Forget every count (the dump starts over)."""
+        self.states = {state: {"total": 0, "ports": {}, "peers": {}, "pids": {}} for state in self.names}
         self.inode_of = {}  # socket inode -> (state, local port), for the owner pass
         self.comm = {}  # pid -> comm bytes
+
+    def tap(self, family, batches):
+        """Count record batches of one family on their way to another consumer (the facts aggregator)."""
+        number = cs.family_number(family)
+        for batch in batches:
+            self.feed((number, record) for record in batch)
+            yield batch
 
     def feed(self, records):
         """Count every (family, record) pair of an iterable."""
@@ -68,29 +81,39 @@ class SocketCounter:
         return result
 
 
-def count_sockets(states, ports=(), with_owners=True, *, exclude=None, records=None, scan=None, warnings=None):
-    """One dump of `states` (and at most one /proc/<pid>/fd pass when `with_owners`) into a SocketCounter.
+def dump_into(counter, ports=(), *, records=None, warnings=None):
+    """One kernel dump of the counter's states into it; the kernel also filters `ports` (local) when given.
 
-    ports: with no owner wanted, the kernel filters these local ports too.
     records: the record source, `records(query, warnings)` -> (family, record) pairs
     (default: netlink, /proc/net/tcp where netlink is refused).
-    scan: the owners layer's scan_socket_fds.  Returns (counter, held) where held
-    is the pass's {pid: [inode]} ({} without one).
     """
-    warnings = warnings if warnings is not None else []
-    counter = SocketCounter(states, with_inodes=with_owners, exclude=exclude)
-    if not states:
-        return counter, {}
     bytecode = b""
-    if ports and not with_owners:
+    if ports:
         bytecode = df.compile_filter(df.any_of(df.port_range("local", p, p) for p in sorted(ports)))
-    query = {"states": list(states), "bytecode": bytecode, "details": False}
+    query = {"states": list(counter.names), "bytecode": bytecode, "details": False}
     if records is None:
         counter.feed(_socket_info.iter_matches(query, None, warnings=warnings))
     else:
         counter.feed(records(query, warnings))
-    held = {}
-    if counter.inode_of:
-        held = (scan or _owners.scan_socket_fds)(set(counter.inode_of), warnings=warnings)
-        counter.attribute(held)
+
+
+def resolve_owners(counter, *, scan=None, warnings=None):
+    """The one /proc/<pid>/fd pass for the counted sockets' inodes: {pid: [inode]} ({} when none)."""
+    if not counter.inode_of:
+        return {}
+    held = (scan or _owners.scan_socket_fds)(set(counter.inode_of), warnings=warnings)
+    counter.attribute(held)
+    return held
+
+
+def count_sockets(states, ports=(), with_owners=True, *, exclude=None, records=None, scan=None, warnings=None):
+    """dump_into() a new SocketCounter of `states`, then resolve_owners() when `with_owners`: (counter, held).
+
+    ports: filtered by the kernel only when no owner is wanted (owners name every port).
+    """
+    warnings = warnings if warnings is not None else []
+    counter = SocketCounter(states, with_inodes=with_owners, exclude=exclude)
+    if states:
+        dump_into(counter, () if with_owners else ports, records=records, warnings=warnings)
+    held = resolve_owners(counter, scan=scan, warnings=warnings) if with_owners else {}
     return counter, held

@@ -16,8 +16,10 @@ description:
   - Thresholds are maximum socket counts per TCP state (O(max)), per state on one local port (O(ports)), per state
     held by processes of one name (O(processes)), maximum pressure ratios (O(ratios)), and findings of the
     diagnosis (O(fail_on_severity), O(fail_on_codes)). A value equal to its threshold passes.
-  - Per-port and per-process figures come from a socket-level dump of only the states they name (the ports
-    filtered by the kernel when no owner is needed) and one pass over C(/proc/<pid>/fd).
+  - Each sample is one kernel dump and at most one pass over C(/proc/<pid>/fd). Checks on counts (O(max),
+    O(ports), O(processes)) dump only the states they name (the ports filtered by the kernel when no owner is
+    needed); with O(ratios) or findings the facts' dump is counted on its way. The C(/proc/<pid>/fd) pass is made
+    for O(processes), and to name the owners behind a breach.
   - With O(timeout), samples every O(poll_interval) seconds until every check passes or the time is up, like
     M(ansible.builtin.wait_for); without it, one sample decides.
   - On a breach the task fails with one paragraph naming each failed metric, its value, the threshold and the
@@ -240,7 +242,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 
 def main():
@@ -266,8 +268,8 @@ def main():
 
     warnings = []
 
-    def collect(options):
-        facts = _facts.collect_facts(dict(options, **facts_options))
+    def collect(options, record_tap):
+        facts = _facts.collect_facts(dict(options, **facts_options), record_tap)
         warnings[:] = list(facts.get("warnings") or [])
         return facts
 

@@ -19,9 +19,9 @@ import json
 import os
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 REPORT_SCHEMA = 1
 SEVERITY_RANK = {None: 0, **{name: rank + 1 for rank, name in enumerate(SEVERITIES)}}

@@ -25,7 +25,8 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 COLLECT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 kwargs = json.loads(sys.argv[2])
 result = cs.collect_sockets(**kwargs)
 result["_tracked"] = {str(k): v for k, v in result["_tracked"].items()}
@@ -35,24 +36,26 @@ print(json.dumps(result))
 RECORDS = """
 import json, socket, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 rows = []
 for family in ("ipv4", "ipv6"):
-    af = cs.FAMILIES[family]
-    for r in cs.iter_diag(family, cs.ALL_STATES_MASK):
-        rows.append([r[cs.R_STATE], socket.inet_ntop(af, r[cs.R_SRC]), r[cs.R_SPORT],
-                     socket.inet_ntop(af, r[cs.R_DST]), r[cs.R_DPORT], r[cs.R_RQUEUE], r[cs.R_WQUEUE], r[cs.R_INODE]])
+    af = nl.FAMILIES[family]
+    for r in nl.iter_diag(family, nl.ALL_STATES_MASK):
+        rows.append([r[nl.R_STATE], socket.inet_ntop(af, r[nl.R_SRC]), r[nl.R_SPORT],
+                     socket.inet_ntop(af, r[nl.R_DST]), r[nl.R_DPORT], r[nl.R_RQUEUE], r[nl.R_WQUEUE], r[nl.R_INODE]])
 print(json.dumps(rows))
 """
 
 FALLBACK = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 def refused(*args, **kwargs):
     # what open_diag_socket raises when socket(AF_NETLINK, ..., NETLINK_SOCK_DIAG) fails with EACCES
-    raise cs.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
-cs.dump = refused
+    raise nl.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
+nl.dump = refused
 print(json.dumps(cs.collect_sockets()))
 """
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate, _netlink, _owners
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
 
@@ -344,3 +345,68 @@ def test_run_gate_stops_polling_when_the_controller_is_gone():
 
     result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=600, poll_interval=1), sample, clock, sleep)
     assert (result["controller_gone"], result["samples"], result["passed"]) == (True, 2, False)
+
+
+# ---- one sample: one dump, at most one /proc walk (real loopback sockets of this test) -------
+@pytest.fixture
+def established_pairs():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    servers = [listener.accept()[0] for _ in clients]
+    yield listener.getsockname()[1]
+    for sock in clients + servers + [listener]:
+        sock.close()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """How many sock_diag dumps (per family) and /proc/<pid>/fd passes the code under test makes."""
+    calls = {"dumps": [], "walks": 0}
+    real_dump, real_scan = _netlink.dump, _owners.scan_socket_fds
+
+    def dump(family, *args, **kwargs):
+        calls["dumps"].append(_netlink.family_name(family))
+        return real_dump(family, *args, **kwargs)
+
+    def scan(*args, **kwargs):
+        calls["walks"] += 1
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(_netlink, "dump", dump)
+    monkeypatch.setattr(_owners, "scan_socket_fds", scan)
+    return calls
+
+
+def _rediagnose(facts):
+    return _diagnose.diagnose(facts, _diagnose.validate_thresholds({}))
+
+
+@pytest.mark.parametrize("detailed", [False, True])
+def test_a_sample_with_facts_and_counts_is_one_dump_and_one_walk(established_pairs, kernel_calls, detailed):
+    port = established_pairs
+    own = _owners.read_comm(os.getpid())
+    gate = spec(
+        max={"established": 0},
+        ports={port: {"established": 0}},
+        processes={own: {"established": 0}},
+        ratios={"time_wait": 1},
+        fail_on_codes=["CLOSE_WAIT_LEAK"],
+    )
+    facts, breakdown = _gate.sample_host(gate, _facts.collect_facts, detailed, rediagnose=_rediagnose)
+    assert sorted(kernel_calls["dumps"]) == ["ipv4", "ipv6"]  # one dump of each family, shared
+    assert kernel_calls["walks"] == 1
+    result = _gate.evaluate(gate, facts, breakdown)
+    values = {c["metric"]: c["value"] for c in result["checks"]}
+    assert values[f":{port} ESTABLISHED"] == 3  # the accepted ends; the clients are on ephemeral ports
+    assert values[f"{own} ESTABLISHED"] >= 6  # this process holds all six
+    if detailed:
+        assert breakdown["states"]["ESTABLISHED"]["total"] == facts["states"]["ESTABLISHED"]
+
+
+def test_a_count_only_sample_dumps_the_gated_states_once(established_pairs, kernel_calls):
+    port = established_pairs
+    _facts_dict, breakdown = _gate.sample_host(spec(ports={port: {"established": 1}}), None, detailed=False)
+    assert sorted(kernel_calls["dumps"]) == ["ipv4", "ipv6"] and kernel_calls["walks"] == 0
+    assert breakdown["states"]["ESTABLISHED"]["ports"] == {port: 3}  # the kernel filtered the other ports

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 from collect_sockets_fixtures import NAMES, read_chunks, ss_rows
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _socket_counter as sc
 
 FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
