@@ -422,9 +422,10 @@ ansible_facts:
           description:
             - Diagnoses, each with a stable C(code) (CLOSE_WAIT_LEAK, TIME_WAIT_CHURN, FIN_WAIT1_STUCK,
               ORPHAN_PRESSURE, TCP_MEMORY_PRESSURE, LISTEN_OVERFLOW, SYN_BACKLOG_PRESSURE, EPHEMERAL_PORT_PRESSURE,
-              TW_BUCKET_OVERFLOW, ORPHAN_RETRIES_DEFAULT, TW_RECYCLE_PRESENT), a C(severity) (V(info),
-              V(warning), V(critical)), a C(summary), the C(evidence) and a C(remediation) (C(kind), C(text),
-              C(sysctls)).
+              TW_BUCKET_OVERFLOW, ORPHAN_RETRIES_DEFAULT, TW_RECYCLE_PRESENT, CONNTRACK_TABLE_PRESSURE), a
+              C(severity) (V(info), V(warning), V(critical)), a C(summary), the C(evidence) and a C(remediation)
+              (C(kind), C(text), C(sysctls), and C(profile), the remediate role's profile that applies those
+              sysctls, null when none does).
           returned: always
           type: list
           elements: dict
