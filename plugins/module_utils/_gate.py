@@ -17,8 +17,9 @@ import os
 import select
 import time
 
+from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
 from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
-from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _socket_counter
+from ansible_collections.netstate.tcp.plugins.module_utils import _netns, _owners, _socket_counter
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import severity_rank
 
 RATIO_PATHS = {
@@ -209,6 +210,58 @@ def _valid_poll_interval(value, ctx, errors):
     return seconds
 
 
+def _networks(where, value, errors):
+    """ipaddress networks of a list of addresses / CIDRs (host bits zero)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        errors.append(f"{where}: must be a list of IPv4/IPv6 addresses or CIDRs, got {value!r}")
+        return []
+    networks = []
+    for item in value:
+        try:
+            networks.append(df.parse_network(item))
+        except df.FilterError as exc:
+            errors.append(f"{where}: {exc}")
+    return networks
+
+
+def _valid_exclude_peers(value, ctx, errors):
+    del ctx
+    return _networks("exclude_peers", value, errors)
+
+
+def _valid_peer_addresses(value, ctx, errors):
+    del ctx
+    return _networks("peer_addresses", value, errors)
+
+
+def _valid_namespace(value, ctx, errors):
+    """None (the module's own namespace) or {name, path} of the namespace to gate."""
+    del ctx
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return {"name": str(value).strip(), "path": _netns.resolve_namespace(value)}
+    except _netns.NetnsError as exc:
+        errors.append(f"namespace: {exc}")
+        return None
+
+
+def peer_filter(spec):
+    """The peers whose sockets count, as a _diag_filter node: in peer_addresses (if any) and not in exclude_peers."""
+    allowed = df.any_of(df.address("peer", network) for network in spec["peer_addresses"])
+    excluded = df.any_of(df.address("peer", network) for network in spec["exclude_peers"])
+    return df.all_of([allowed, None if excluded is None else ("not", excluded)])
+
+
+def _check_peer_filter(spec, errors):
+    try:
+        df.compile_filter(spec["peers"])
+    except df.FilterError as exc:
+        errors.append(f"exclude_peers, peer_addresses: {exc}")
+
+
 # option -> its semantic check: (value, {"states", "codes"}, errors) -> normalized value
 OPTION_CHECKS = {
     "max": _valid_max,
@@ -219,6 +272,9 @@ OPTION_CHECKS = {
     "fail_on_codes": _valid_fail_on_codes,
     "timeout": _valid_timeout,
     "poll_interval": _valid_poll_interval,
+    "exclude_peers": _valid_exclude_peers,
+    "peer_addresses": _valid_peer_addresses,
+    "namespace": _valid_namespace,
 }
 GATING_OPTIONS = ("max", "ports", "processes", "ratios", "fail_on_severity", "fail_on_codes")
 
@@ -228,6 +284,8 @@ def validate_spec(params, states, codes):
     errors = []
     ctx = {"states": states, "codes": codes}
     spec = {name: check(params.get(name), ctx, errors) for name, check in OPTION_CHECKS.items()}
+    spec["peers"] = peer_filter(spec)
+    _check_peer_filter(spec, errors)
     if errors:
         raise GateError("; ".join(errors))
     if not any(spec[name] for name in GATING_OPTIONS):
@@ -484,6 +542,18 @@ class ControllerWatch:
             self.poller.poll(min(left, 1.0) * 1000)
 
 
+def in_namespace(spec, sample):
+    """sample(detailed) run inside the namespace the spec names (each sample enters and leaves it)."""
+    if spec["namespace"] is None:
+        return sample
+
+    def sample_there(detailed):
+        with _netns.entered(spec["namespace"]["path"]):
+            return sample(detailed)
+
+    return sample_there
+
+
 def run_gate(spec, sample, clock=time.monotonic, sleep=time.sleep):
     """Sample until the gate passes or `timeout` runs out (one sample without timeout).
 
@@ -535,11 +605,12 @@ def needs_facts(spec):
 def _count_plan(spec, with_facts, detailed):
     """(states to count socket by socket, with owners, local ports the kernel may filter)."""
     states = set(breakdown_states(spec))
-    if detailed or not with_facts:
+    if detailed or not with_facts or spec["peers"] is not None:
         # without facts the counter's totals are the state counts; a detailed sample names the
         # offenders of every breached maximum, and gives the findings their owners, from one pass
         states.update(spec["max"])
     with_owners = bool(spec["processes"]) or (detailed and bool(states))
+    # (the facts count every peer: with a peer filter the maxima are the counter's)
     # the kernel may filter the ports only when the counter makes its own dump for the port checks alone
     alone = not with_owners and not (states - breakdown_states(spec)) and not with_facts
     return sorted(states), with_owners, sorted(spec["ports"]) if alone else ()
@@ -549,17 +620,18 @@ def sample_host(spec, collect_facts, detailed=True, rediagnose=None, *, counting
     """One sample: (facts, breakdown) from ONE kernel dump and at most one /proc/<pid>/fd pass.
 
     Checks on counts only (max, ports, processes) dump just the gated states into
-    the exact counter; with ratios or findings the facts are collected
-    (``collect_facts(options, record_tap)``) and the counter counts the same dump
-    on its way.  The /proc/<pid>/fd pass (costly on hosts with many open files) is
-    made only for per-process checks, or when ``detailed`` to name a breach's
+    the exact counter (the kernel filtering the peers the spec excludes); with
+    ratios or findings the facts are collected (``collect_facts(options,
+    record_tap)``) and the counter counts the same dump on its way.  The
+    /proc/<pid>/fd pass (costly on hosts with many open files) is made only
+    for per-process checks, or when ``detailed`` to name a breach's
     owners; the findings then get their owners from that same pass
     (``rediagnose(facts)`` recomputes them).
     """
     with_facts = needs_facts(spec)
     states, with_owners, ports = _count_plan(spec, with_facts, detailed)
     warnings = []
-    counter = counting.SocketCounter(states, with_inodes=with_owners)
+    counter = counting.SocketCounter(states, with_inodes=with_owners, peers=spec["peers"])
     if with_facts:
         facts = collect_facts({"owners": [], "top": TOP_OFFENDERS * 3}, counter if states else None)
     else:
@@ -570,4 +642,8 @@ def sample_host(spec, collect_facts, detailed=True, rediagnose=None, *, counting
         inodes = counter.owner_inodes()
         facts["owners"] = _owners.find_owners(inodes, top=TOP_OFFENDERS * 3, held=held)[0]
         facts["findings"] = rediagnose(facts)
+    if with_facts and spec["peers"] is not None:
+        # the findings describe the whole host; the maxima count only the peers the gate counts
+        counted = {state: counter.states[state]["total"] for state in spec["max"]}
+        facts["states"] = dict(facts["states"], **counted)
     return facts, {"states": counter.states, "comm": counter.comm, "warnings": warnings}

@@ -25,12 +25,15 @@ _LISTEN = cs.STATE_NUMBERS["LISTEN"]
 class SocketCounter:
     """Exact counts of `states`: {STATE: {total, ports: {port: n}, peers: {addr: n}, pids: {pid: {port: n}}}}.
 
-    exclude(family, record) -> True drops a socket before it is counted (peer filters).
+    peers: a _diag_filter node the sockets must match to be counted (gate's exclude_peers and
+    peer_addresses), None for every socket.  The kernel applies it in dump_into(); records
+    that reach the counter another way (tap) are checked here with the same program.
     """
 
-    def __init__(self, states, with_inodes=False, exclude=None):
+    def __init__(self, states, with_inodes=False, peers=None):
         self.with_inodes = with_inodes
-        self.exclude = exclude
+        self.peers = peers
+        self.peer_program = df.compile_filter(peers)
         self.names = tuple(states)
         self.restart()
 
@@ -47,14 +50,19 @@ class SocketCounter:
             self.feed((number, record) for record in batch)
             yield batch
 
-    def feed(self, records):
-        """Count every (family, record) pair of an iterable."""
+    def _excluded(self, family, record):
+        sock = (family, record[cs.R_SRC], record[cs.R_SPORT], record[cs.R_DST], record[cs.R_DPORT])
+        return not df.run_bytecode(self.peer_program, sock)
+
+    def feed(self, records, filtered=False):
+        """Count every (family, record) pair of an iterable (`filtered`: the peer filter was applied already)."""
+        check_peers = bool(self.peer_program) and not filtered
         for family, record in records:
             number = record[cs.R_STATE]
             state = cs.STATES[number - 1]
             detail = self.states.get(state)
-            if detail is None or (self.exclude is not None and self.exclude(family, record)):
-                continue  # a state not counted (NEW_SYN_RECV is reported as SYN_RECV) or an excluded peer
+            if detail is None or (check_peers and self._excluded(family, record)):
+                continue  # a state not counted (NEW_SYN_RECV is reported as SYN_RECV) or a peer not counted
             sport = record[cs.R_SPORT]
             detail["total"] += 1
             detail["ports"][sport] = detail["ports"].get(sport, 0) + 1
@@ -82,19 +90,18 @@ class SocketCounter:
 
 
 def dump_into(counter, ports=(), *, records=None, warnings=None):
-    """One kernel dump of the counter's states into it; the kernel also filters `ports` (local) when given.
+    """One kernel dump of the counter's states into it; the kernel also filters `ports` (local) when given,
+    and the counter's peers.
 
     records: the record source, `records(query, warnings)` -> (family, record) pairs
     (default: netlink, /proc/net/tcp where netlink is refused).
     """
-    bytecode = b""
-    if ports:
-        bytecode = df.compile_filter(df.any_of(df.port_range("local", p, p) for p in sorted(ports)))
+    port_node = df.any_of(df.port_range("local", p, p) for p in sorted(ports))
+    bytecode = df.compile_filter(df.all_of([port_node, counter.peers]))
     query = {"states": list(counter.names), "bytecode": bytecode, "details": False}
-    if records is None:
-        counter.feed(_socket_info.iter_matches(query, None, warnings=warnings))
-    else:
-        counter.feed(records(query, warnings))
+    # iter_matches runs the same program in user space where netlink is refused
+    source = _socket_info.iter_matches(query, None, warnings=warnings) if records is None else records(query, warnings)
+    counter.feed(source, filtered=True)
 
 
 def resolve_owners(counter, *, scan=None, warnings=None):
@@ -106,13 +113,13 @@ def resolve_owners(counter, *, scan=None, warnings=None):
     return held
 
 
-def count_sockets(states, ports=(), with_owners=True, *, exclude=None, records=None, scan=None, warnings=None):
+def count_sockets(states, ports=(), with_owners=True, *, peers=None, records=None, scan=None, warnings=None):
     """dump_into() a new SocketCounter of `states`, then resolve_owners() when `with_owners`: (counter, held).
 
     ports: filtered by the kernel only when no owner is wanted (owners name every port).
     """
     warnings = warnings if warnings is not None else []
-    counter = SocketCounter(states, with_inodes=with_owners, exclude=exclude)
+    counter = SocketCounter(states, with_inodes=with_owners, peers=peers)
     if states:
         dump_into(counter, () if with_owners else ports, records=records, warnings=warnings)
     held = resolve_owners(counter, scan=scan, warnings=warnings) if with_owners else {}

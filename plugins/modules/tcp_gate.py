@@ -100,8 +100,30 @@ options:
         wait is cut to the deadline.
     type: float
     default: 5
+  exclude_peers:
+    description:
+      - Sockets whose peer address is in one of these addresses or CIDRs are not counted, for example health
+        checkers and load-balancer probes that keep a draining host looking busy.
+      - Applies to O(max), O(ports) and O(processes); O(ratios) and the findings describe the whole host.
+      - An IPv4 CIDR also matches IPv4-mapped IPv6 peers (C(::ffff:10.0.0.5)), as in the kernel's filter.
+    type: list
+    elements: str
+    default: []
+  peer_addresses:
+    description:
+      - Only sockets whose peer address is in one of these addresses or CIDRs are counted (O(exclude_peers) still
+        removes some of them). Applies like O(exclude_peers).
+    type: list
+    elements: str
+    default: []
+  namespace:
+    description:
+      - Gate the sockets of another network namespace, for example a container's, given by its C(ip netns) name
+        (in C(/run/netns)) or by the pid of a process inside it. A name wins over a pid of the same digits.
+      - Unset gates the namespace the module runs in. Entering another namespace needs root.
+    type: str
 notes:
-  - The gate looks at the network namespace the module runs in.
+  - The gate looks at the network namespace the module runs in, or the one O(namespace) names.
   - Use O(timeout) before putting a host back in service, and no timeout right after a deploy to stop the rollout
     at the first host that leaks.
 seealso:
@@ -131,6 +153,15 @@ EXAMPLES = r"""
       established: 10
     timeout: 300
     poll_interval: 10
+
+- name: Drain a container's connections, ignoring the load balancer's health checks
+  netstate.tcp.tcp_gate:
+    namespace: web-1
+    max:
+      established: 0
+    exclude_peers: [10.0.5.0/24]
+    timeout: 600
+    poll_interval: 5
 
 - name: Gate on kernel pressure and on specific findings, keep the result for a report
   netstate.tcp.tcp_gate:
@@ -257,6 +288,9 @@ def main():
             "timeout": {"type": "float", "default": 0},
             "poll_interval": {"type": "float", "default": 5},
             "thresholds": {"type": "dict"},
+            "exclude_peers": {"type": "list", "elements": "str", "default": []},
+            "peer_addresses": {"type": "list", "elements": "str", "default": []},
+            "namespace": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -281,7 +315,7 @@ def main():
 
     watch = _gate.ControllerWatch()
     try:
-        result = _gate.run_gate(spec, sample, sleep=watch.sleep)
+        result = _gate.run_gate(spec, _gate.in_namespace(spec, sample), sleep=watch.sleep)
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_gate: cannot sample the host: {err}", passed=False, exception=traceback.format_exc())
     if result["controller_gone"]:

@@ -225,3 +225,54 @@ def test_gate_stops_waiting_when_its_parent_dies(leak_lab):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+# ---- drain-aware gate: peers that do not count, another namespace -------------------------------
+def test_exclude_peers_and_peer_addresses_count_only_the_chosen_peers(leak_lab):
+    """The leak's CLOSE_WAIT peers are its clients (report client_block): excluding them drains the gate."""
+    lab, leak = leak_lab
+    leaky = lab.hosts[0]
+    count = leaky.ss_count("close-wait")
+    clients = leak.report["client_block"]
+    in_block = len(leaky.run(["ss", "-Htan", "state", "close-wait", "dst", clients], check=True).stdout.splitlines())
+    assert in_block == count > 0
+    cases = [
+        ({"exclude_peers": [clients]}, 0),
+        ({"exclude_peers": ["192.0.2.0/24"]}, count),
+        ({"peer_addresses": [clients]}, count),
+        ({"peer_addresses": ["192.0.2.0/24"]}, 0),
+        ({"peer_addresses": [clients], "exclude_peers": [clients]}, 0),
+    ]
+    for peers, expected in cases:
+        for extra in ({}, {"ratios": {"time_wait": 1}}):  # the counter's own dump, then the facts' dump
+            result = run_gate(leaky, {"max": {"close_wait": 0}, **peers, **extra})
+            assert result["checks"][0]["value"] == expected, (peers, extra)
+            assert result["passed"] is (expected == 0), (peers, extra)
+
+
+def _run_here(args):
+    proc = subprocess.run(
+        [sys.executable, "-m", MODULE, json.dumps({"ANSIBLE_MODULE_ARGS": args})],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PYTHONPATH),
+        timeout=180,
+        check=False,
+    )
+    return parse(proc.stdout, proc.stderr)
+
+
+def test_namespace_gates_another_namespace_by_name_or_pid(leak_lab):
+    """Run from the test's own namespace: the gate enters the lab host's, named or through the leak's pid."""
+    lab, leak = leak_lab
+    leaky = lab.hosts[0]
+    count = leaky.ss_count("close-wait")
+    for namespace in (leaky.name, str(leak.pid)):
+        args = {"namespace": namespace, "max": {"close_wait": 0}, "processes": {leak.report["comm"]: {"close_wait": 0}}}
+        result = _run_here(args)
+        assert [c["value"] for c in result["checks"]] == [count, count], namespace
+        assert f"held by pid {leak.pid} ({leak.report['comm']})" in result["msg"]
+    clean = _run_here({"namespace": lab.hosts[1].name, "max": {"close_wait": 0}})
+    assert clean["passed"] is True and clean["checks"][0]["value"] == 0
+    missing = _run_here({"namespace": "nsl-not-there", "max": {"close_wait": 0}})
+    assert missing["failed"] is True and "namespace: no network namespace named 'nsl-not-there'" in missing["msg"]

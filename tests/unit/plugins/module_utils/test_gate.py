@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate, _netlink, _owners
+from ansible_collections.netstate.tcp.plugins.module_utils import (
+    _diag_filter,
+    _diagnose,
+    _facts,
+    _gate,
+    _netlink,
+    _owners,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
@@ -66,6 +73,25 @@ def test_valid_spec_is_normalized():
     assert result["ratios"] == {"orphans": 0.5, "memory": 1.0}
     assert result["fail_on_codes"] == ["CLOSE_WAIT_LEAK"]
     assert (result["timeout"], result["poll_interval"]) == (30, 0.5)
+    assert result["peers"] is None and result["namespace"] is None
+
+
+def test_peer_options_make_one_filter_and_a_pid_names_its_namespace():
+    result = spec(
+        max={"established": 0},
+        peer_addresses=["10.0.0.0/8"],
+        exclude_peers=["10.0.5.0/24", "::ffff:10.0.6.0/120"],
+        namespace=str(os.getpid()),
+    )
+    assert result["namespace"] == {"name": str(os.getpid()), "path": f"/proc/{os.getpid()}/ns/net"}
+    code = _diag_filter.compile_filter(result["peers"])
+    _diag_filter.audit_bytecode(code)
+
+    def counted(peer):
+        sock = (socket.AF_INET, bytes(4), 80, socket.inet_aton(peer), 4000)
+        return _diag_filter.run_bytecode(code, sock)
+
+    assert [counted(p) for p in ("10.1.2.3", "10.0.5.9", "192.0.2.1")] == [True, False, False]
 
 
 VALID_STATES = "valid states (case-insensitive): " + ", ".join(STATES)
@@ -111,6 +137,19 @@ INVALID = [
     ({"max": {"listen": 1}, "poll_interval": float("-inf")}, ["poll_interval: must be a finite number", "got -inf"]),
     ({"max": {"listen": 1}, "poll_interval": 3601}, ["poll_interval: must be a finite number of seconds from 0.1"]),
     ({}, ["nothing to check"]),
+    (
+        {"max": {"listen": 1}, "exclude_peers": ["10.0.0.1/8"]},
+        ["exclude_peers: not an IPv4/IPv6 address or CIDR: '10.0.0.1/8'"],
+    ),
+    ({"max": {"listen": 1}, "peer_addresses": ["lb-1"]}, ["peer_addresses: not an IPv4/IPv6 address or CIDR: 'lb-1'"]),
+    ({"max": {"listen": 1}, "peer_addresses": "10.0.0.0/8"}, ["peer_addresses: must be a list of IPv4/IPv6"]),
+    (
+        {"max": {"listen": 1}, "exclude_peers": [f"2001:db8:{i:x}::/48" for i in range(2100)]},
+        ["exclude_peers, peer_addresses: filter too large", "at most 65531 bytes"],
+    ),
+    ({"max": {"listen": 1}, "namespace": "nsl-no-such-namespace"}, ["namespace: no network namespace named"]),
+    ({"max": {"listen": 1}, "namespace": "../../etc"}, ["namespace: no network namespace named '../../etc'"]),
+    ({"max": {"listen": 1}, "namespace": "4194305"}, ["namespace: no process with pid 4194305"]),
 ]
 
 
