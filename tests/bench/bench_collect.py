@@ -1,4 +1,4 @@
-"""Socket collector (`_collect_sockets`) against the usual tools on one lab namespace of >= 300k sockets.
+"""Socket collector (`_socket_aggregate`) against the usual tools on one lab namespace of >= 300k sockets.
 
 Each round starts the lab's `mix` scenario afresh (ESTABLISHED, TIME_WAIT,
 CLOSE_WAIT, FIN_WAIT2, LISTEN; its TIME_WAIT sockets live only 60 s, so every

@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_collect_sockets on netlink byte streams and /proc/net/tcp text recorded from lab namespaces.
+"""_socket_aggregate (the facts aggregator) on netlink byte streams and /proc/net/tcp text recorded from lab namespaces.
 
 Every expectation comes from the ``ss -tanoe`` output recorded at the same moment
 (fixtures/collect_sockets/*/ss.txt, see the README there), never from hard-coded numbers.
