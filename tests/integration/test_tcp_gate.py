@@ -276,3 +276,74 @@ def test_namespace_gates_another_namespace_by_name_or_pid(leak_lab):
     assert clean["passed"] is True and clean["checks"][0]["value"] == 0
     missing = _run_here({"namespace": "nsl-not-there", "max": {"close_wait": 0}})
     assert missing["failed"] is True and "namespace: no network namespace named 'nsl-not-there'" in missing["msg"]
+
+
+def _module_pids(host):
+    """pids in the lab host of Python processes run as Ansible runs a pipelined module (a bare interpreter)."""
+    found = []
+    for pid in host.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if len(argv) == 1 and os.path.basename(argv[0]).startswith(b"python"):
+            found.append(pid)
+    return found
+
+
+def _descendants(root):
+    """pids of every process below `root` (Ansible workers start their own sessions: not one process group)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_gate_over_ssh_stops_when_the_controller_dies(ssh_lab, ansible_env):
+    """ansible, its workers and its ssh client killed mid-wait: the module on the lab host stops polling."""
+    host = ssh_lab.hosts[0]
+    leak = host.start_scenario("close_wait_leak", count=5)
+    # no ControlPersist master: the connection dies with the ssh client, as when the controller is lost
+    env = dict(ansible_env, ANSIBLE_SSH_ARGS="-o ControlMaster=no")
+    args = json.dumps({"max": {"close_wait": 0}, "timeout": 600, "poll_interval": 1})
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible"), "-i", ssh_lab.inventory_path, host.alias]
+    controller = subprocess.Popen(
+        [*command, "-m", "netstate.tcp.tcp_gate", "-a", args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tree, module = [], []
+    try:
+        deadline = time.monotonic() + 60
+        while not module and time.monotonic() < deadline and controller.poll() is None:
+            time.sleep(0.5)
+            module = _module_pids(host)
+        assert module, "the gate module never started on the lab host"
+        time.sleep(2)  # it is waiting for the leak to drain
+        assert not _gone(module[0])
+        tree = [controller.pid, *_descendants(controller.pid)]
+        for pid in tree:  # the whole controller side, ssh client included, as when a CI job is cancelled
+            os.kill(pid, signal.SIGKILL)
+        controller.wait()
+        assert _wait_gone(module[0], 60), "the gate kept polling after its controller died"
+    finally:
+        for pid in tree + module:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+        leak.stop()
