@@ -14,12 +14,15 @@ record tap of the facts collection, the facts' own dump.
 from __future__ import annotations
 
 import socket
+import struct
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
 from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _socket_info
 
 _LISTEN = cs.STATE_NUMBERS["LISTEN"]
+# the aggregator's rows hold an IPv4 address as the native int its network-order bytes read as
+_V4 = struct.Struct("=I")
 
 
 class SocketCounter:
@@ -54,6 +57,21 @@ class SocketCounter:
         sock = (family, record[cs.R_SRC], record[cs.R_SPORT], record[cs.R_DST], record[cs.R_DPORT])
         return not df.run_bytecode(self.peer_program, sock)
 
+    def tap_rows(self, family, batches):
+        """tap() for the facts aggregator's rows (_socket_aggregate.FACTS_LAYOUTS: wire-order ports,
+        IPv4 addresses as native ints), turned into records only for the counted states."""
+        number = cs.family_number(family)
+        counted = bytearray(256)
+        for state in self.names:
+            counted[cs.STATE_NUMBERS[state]] = 1
+        swap, pack = cs.SWAP16, _V4.pack
+        v4 = number == socket.AF_INET
+        for batch in batches:
+            rows = [row for row in batch if counted[row[2]]]
+            if rows:
+                self.feed((number, _row_record(row, swap, pack if v4 else None)) for row in rows)
+            yield batch
+
     def feed(self, records, filtered=False):
         """Count every (family, record) pair of an iterable (`filtered`: the peer filter was applied already)."""
         check_peers = bool(self.peer_program) and not filtered
@@ -87,6 +105,14 @@ class SocketCounter:
         for inode, (state, _sport) in self.inode_of.items():
             result[state].append(inode)
         return result
+
+
+def _row_record(row, swap, pack_v4):
+    """A FACTS_LAYOUTS row as a record (the fields the counter reads; the others zero or None)."""
+    _len, _type, state, timer, retrans, sport, dport, src, dst, cookie, rqueue, wqueue, inode = row
+    if pack_v4 is not None:
+        src, dst = pack_v4(src), pack_v4(dst)
+    return (state, src, swap[sport], dst, swap[dport], rqueue, wqueue, timer, retrans, 0, 0, inode, cookie, None)
 
 
 def dump_into(counter, ports=(), *, records=None, warnings=None):

@@ -18,6 +18,7 @@ from collect_sockets_fixtures import NAMES, read_chunks, ss_rows
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
 from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as sa
 from ansible_collections.netstate.tcp.plugins.module_utils import _socket_counter as sc
 
 FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
@@ -91,3 +92,20 @@ def test_count_sockets_makes_one_dump_and_one_pass():
     assert calls == {"dump": 1, "scan": 1}
     assert counter.states["CLOSE_WAIT"]["pids"][42]
     assert held == {42: sorted(counter.inode_of)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tapping_the_facts_rows_counts_like_the_records(name):
+    """The facts aggregator's rows (wire ports, IPv4 as native ints) seen by tap_rows give the same counts."""
+    states = sorted({row["state"] for row in ss_rows(name)})
+    from_records = sc.SocketCounter(states, with_inodes=True)
+    from_records.feed(recorded_records(name))
+    tapped = sc.SocketCounter(states, with_inodes=True)
+    for family in FAMILIES:
+        rows = cs.decode_batches(read_chunks(name, family), family, sa.FACTS_LAYOUTS)
+        passed = list(tapped.tap_rows(family, rows))  # the batches go on unchanged to the aggregator
+        assert sum(len(batch) for batch in passed) == sum(
+            1 for _ in cs.decode_diag_stream(read_chunks(name, family), family)
+        )
+    assert tapped.states == from_records.states
+    assert tapped.inode_of == from_records.inode_of
