@@ -17,10 +17,20 @@ import os
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_system, _diagnose, _netns, _owners
+from ansible_collections.netstate.tcp.plugins.module_utils import (
+    _collect_system,
+    _conntrack,
+    _diagnose,
+    _netns,
+    _owners,
+    _peer_namespaces,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
-from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import collect_sockets
+from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import (
+    collect_sockets,
+    read_local_addresses,
+)
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
@@ -172,6 +182,8 @@ def take_sample(options, track, persistent_before=None, owners=True, record_tap=
         raise FactsError(f"cannot collect sockets: {err}") from err
     warnings.extend(sockets.pop("warnings", None) or [])
     system = _collect_system.collect_system(warnings=warnings)
+    conntrack, conntrack_warnings = _conntrack.collect_conntrack()
+    warnings.extend(conntrack_warnings)
     try:
         inode = _netns.current_inode()
     except OSError as err:
@@ -182,6 +194,9 @@ def take_sample(options, track, persistent_before=None, owners=True, record_tap=
         "collected_at": _utc_now(),
         "sockets": sockets,
         "system": system,
+        "conntrack": conntrack,
+        # The namespace's own addresses name peers in other namespaces (only when several are described).
+        "addresses": read_local_addresses() if options["namespaces"] != "current" else (),
         "inode": inode,
         "warnings": warnings,
     }
@@ -236,6 +251,7 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "sysctls": system["sysctls"],
         "effective": _collect_system.effective_settings(system["sysctls"]),
         "pressure": pressure,
+        "conntrack": last.get("conntrack"),
         "findings": [],
         "warnings": warnings,
     }
@@ -289,6 +305,24 @@ def _targets(options, warnings):
     for ns in chosen:
         targets.append((_netns.namespace_label(ns["inode"], ns["name"]), ns))
     return targets, current
+
+
+def _name_peer_namespaces(blocks, samples, targets, current, name=None):
+    """Peers owned by another of the sampled namespaces get its {inode, name} and container."""
+    listed = []
+    pids = {current: os.getpid()}
+    for label, sample in samples.items():
+        ns = targets.get(label)
+        if ns is None:
+            listed.append((sample["inode"], name, sample.get("addresses") or ()))
+            continue
+        listed.append((ns["inode"], ns["name"], sample.get("addresses") or ()))
+        if ns.get("pid"):
+            pids.setdefault(ns["inode"], ns["pid"])
+    owners = _peer_namespaces.address_owners(listed)
+    container_of = _peer_namespaces.ContainerLookup(pids)
+    for block in blocks.values():
+        _peer_namespaces.name_peers(block, owners, container_of)
 
 
 def gather_facts(options, record_tap=None):
@@ -346,6 +380,8 @@ def gather_facts(options, record_tap=None):
         blocks[label] = build_block(
             before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
         )
+    if options["namespaces"] != "current":
+        _name_peer_namespaces(blocks, usable, dict(targets), current, name=current_name)
     tcp_state = blocks[""]
     # With `interval` both samples meet the same unreadable namespace: say each thing once.
     tcp_state["warnings"] = list(dict.fromkeys(warnings + tcp_state["warnings"]))
