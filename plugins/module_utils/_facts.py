@@ -24,6 +24,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils import (
     _netns,
     _owners,
     _peer_namespaces,
+    _trace,
 )
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
@@ -49,6 +50,7 @@ ARGUMENT_SPEC = {
     "namespaces": {"type": "raw", "default": "current"},
     "thresholds": {"type": "dict"},
     "families": {"type": "list", "elements": "str", "choices": list(FAMILIES), "default": list(FAMILIES)},
+    "trace": {"type": "float", "default": 0},
 }
 
 
@@ -131,6 +133,12 @@ def _check_thresholds(thresholds):
     return _diagnose.validate_thresholds(thresholds)
 
 
+def _check_trace(trace):
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+    return trace
+
+
 # One semantic check per option (AnsibleModule has done the typing for the module already).
 _OPTION_CHECKS = {
     "top": _check_top,
@@ -139,6 +147,7 @@ _OPTION_CHECKS = {
     "namespaces": _check_namespaces,
     "thresholds": _check_thresholds,
     "families": _check_families,
+    "trace": _check_trace,
 }
 
 
@@ -202,7 +211,7 @@ def take_sample(options, track, persistent_before=None, owners=True, record_tap=
     }
 
 
-def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True):
+def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True, churn=None):
     """The tcp_state dict from the last sample (and the first one for rates/persistent)."""
     sockets = last["sockets"]
     system = last["system"]
@@ -255,6 +264,8 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "findings": [],
         "warnings": warnings,
     }
+    if churn is not None:
+        block["churn"] = churn
     block["findings"] = _diagnose.diagnose(block, options["thresholds"])
     return block
 
@@ -366,7 +377,7 @@ def gather_facts(options, record_tap=None):
     first = None
     if track:
         first = sample_all()
-        time.sleep(options["interval"])
+    churn = _trace.churn_window(options["trace"], options["interval"], warnings)
     last = sample_all(first)
     usable = {label: sample for label, sample in last.items() if sample}
     owners = _resolve_owners(usable, options, warnings)
@@ -378,7 +389,13 @@ def gather_facts(options, record_tap=None):
         name = current_name if ns is None else ns["name"]
         host_figures = ns is None or sample["system"]["initial"]
         blocks[label] = build_block(
-            before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
+            before or None,
+            sample,
+            options,
+            owners_result=owners.get(label),
+            name=name,
+            host_figures=host_figures,
+            churn=churn(sample["inode"], name, options["top"]) if churn else None,
         )
     if options["namespaces"] != "current":
         _name_peer_namespaces(blocks, usable, dict(targets), current, name=current_name)

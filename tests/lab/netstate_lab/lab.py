@@ -369,11 +369,10 @@ class LabHost:
                 # the process name as raw bytes (str: its UTF-8); argv carries any bytes but NUL
                 cmd += ["--comm", os.fsdecode(value)]
                 continue
-            if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block"):
-                raise ScenarioError(
-                    f"unknown scenario option {key!r}; valid: backlog, rcvbuf, sndbuf, workers, block, comm"
-                )
-            cmd += [f"--{key}", str(int(value))]
+            if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block", "rate", "delay"):
+                valid = "backlog, rcvbuf, sndbuf, workers, block, rate, delay, comm"
+                raise ScenarioError(f"unknown scenario option {key!r}; valid: {valid}")
+            cmd += [f"--{key}", str(float(value) if key == "delay" else int(value))]
         if pdeathsig:
             cmd.append("--pdeathsig")
         env = dict(os.environ)
