@@ -18,11 +18,11 @@ import time
 from datetime import datetime, timezone
 
 from ansible_collections.netstate.tcp.plugins.module_utils import (
-    _collect_owners,
     _collect_system,
     _conntrack,
     _diagnose,
     _netns,
+    _owners,
     _peer_namespaces,
     _trace,
 )
@@ -125,18 +125,18 @@ def _check_namespaces(namespaces):
     raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 
 
-def _check_trace(trace):
-    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
-        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
-    return trace
-
-
 def _check_thresholds(thresholds):
     if thresholds is None:
         thresholds = {}
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds: must be a dictionary, got {thresholds!r}")
     return _diagnose.validate_thresholds(thresholds)
+
+
+def _check_trace(trace):
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+    return trace
 
 
 # One semantic check per option (AnsibleModule has done the typing for the module already).
@@ -168,12 +168,13 @@ def _utc_now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def take_sample(options, track, persistent_before=None, owners=True):
+def take_sample(options, track, persistent_before=None, owners=True, record_tap=None):
     """One sample of the calling thread's namespace: sockets + procfs figures.
 
     ``track``: keep the cookies of PERSISTENT_STATES sockets (8 bytes each) and, with
     ``persistent_before`` (those of an earlier sample), count the sockets in both.
     ``owners``: collect the inodes of the ``owners`` states (only the last sample needs them).
+    ``record_tap``: a second consumer of the same dump (see _socket_aggregate.collect_sockets).
     """
     warnings = []
     try:
@@ -183,6 +184,7 @@ def take_sample(options, track, persistent_before=None, owners=True):
             owner_states=tuple(options["owners"]) if owners else (),
             track_states=PERSISTENT_STATES if track else (),
             persistent_before=persistent_before,
+            record_tap=record_tap,
         )
     except Exception as err:
         # DiagError, OSError: without the socket dump there are no facts to give.
@@ -279,12 +281,12 @@ def _resolve_owners(samples, options, warnings):
             wanted.update(inode for inode in inodes if inode)
         wanted.update(item.get("inode") or 0 for item in sample["sockets"].get("listeners", []))
     wanted.discard(0)
-    held = _collect_owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
+    held = _owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
     for label, sample in samples.items():
         owner_inodes = {state: [] for state in options["owners"]}
         owner_inodes.update(sample["sockets"].get("_owner_inodes", {}))
         listener_inodes = [item.get("inode") for item in sample["sockets"].get("listeners", [])]
-        results[label] = _collect_owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
+        results[label] = _owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
     return results
 
 
@@ -334,8 +336,11 @@ def _name_peer_namespaces(blocks, samples, targets, current, name=None):
         _peer_namespaces.name_peers(block, owners, container_of)
 
 
-def gather_facts(options):
-    """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}."""
+def gather_facts(options, record_tap=None):
+    """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}.
+
+    record_tap: sees the records of the current namespace's last dump (see take_sample).
+    """
     warnings = []
     targets, current = _targets(options, warnings)
     track = options["interval"] > 0
@@ -350,7 +355,8 @@ def gather_facts(options):
                 "owners": first is not None or not track,
             }
             if ns is None:
-                samples[label] = take_sample(options, track, **kwargs)
+                tap = record_tap if first is not None or not track else None
+                samples[label] = take_sample(options, track, record_tap=tap, **kwargs)
                 continue
             if ns["inode"] == current and "" in samples and samples[""] is not None:
                 samples[label] = None  # same as the current namespace: reuse its block
@@ -408,8 +414,8 @@ def gather_facts(options):
     return facts
 
 
-def collect_facts(options=None):
-    """The tcp_state dict of the current network namespace."""
+def collect_facts(options=None, record_tap=None):
+    """The tcp_state dict of the current network namespace (record_tap: see take_sample)."""
     options = normalize_options(options)
     options["namespaces"] = "current"
-    return gather_facts(options)["tcp_state"]
+    return gather_facts(options, record_tap)["tcp_state"]

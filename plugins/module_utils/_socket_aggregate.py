@@ -448,13 +448,10 @@ def _check_states(option, names):
     return tuple(checked)
 
 
-def _feed_procfs(aggregator, family):
+def _feed_procfs(aggregator, family, record_tap=None):
     try:
-        aggregator.feed_records(
-            family,
-            iter_record_batches(family, ALL_STATES_MASK, source="procfs", warnings=aggregator.warnings),
-            "procfs",
-        )
+        batches = iter_record_batches(family, ALL_STATES_MASK, source="procfs", warnings=aggregator.warnings)
+        aggregator.feed_records(family, batches if record_tap is None else record_tap.tap(family, batches), "procfs")
     except OSError as exc:
         path = "/proc/net/tcp" if family == "ipv4" else "/proc/net/tcp6"
         aggregator.warnings.append(f"procfs: cannot read {path}: {exc.strerror or exc}")
@@ -476,6 +473,7 @@ def collect_sockets(
     procfs=False,
     *,
     persistent_before=None,
+    record_tap=None,
 ):
     """Aggregate every TCP socket of the current network namespace.
 
@@ -508,6 +506,11 @@ def collect_sockets(
         _busiest_tuple  {local_address, peer_address, peer_port, count}: the most sockets sharing one
                         local address and peer address:port with a local port in ip_local_port_range
                         that nothing listens on (ephemeral-port pressure); None values and 0 when none
+
+    ``record_tap``: a second consumer of the same dump (the gate's exact counter), with
+    ``tap_rows(family, batches)`` (FACTS_LAYOUTS rows) and ``tap(family, batches)`` (records,
+    the procfs path) -> the batches, seen on their way, and ``restart()`` when the collection
+    starts over (an interrupted dump, the procfs fallback).
     """
     families = tuple(families)
     _check_options(families, top)
@@ -527,13 +530,17 @@ def collect_sockets(
 
     def attempt(on_interrupt):
         if procfs:
-            return _collect_procfs(new_aggregator(), families)
+            return _collect_procfs(new_aggregator(), families, record_tap)
         aggregator = new_aggregator()
+        if record_tap is not None:
+            record_tap.restart()  # a retried dump is counted afresh
         for family in families:
             # Rows straight from the decoder (no record tuple per socket): the fast path of a full dump.
             batches = iter_diag_rows(
                 family, ALL_STATES_MASK, FACTS_LAYOUTS, warnings=aggregator.warnings, on_interrupt=on_interrupt
             )
+            if record_tap is not None:
+                batches = record_tap.tap_rows(family, batches)
             try:
                 aggregator.feed(family, batches)
             except DiagUnavailable as exc:
@@ -542,7 +549,7 @@ def collect_sockets(
                 # Start over so one collection never mixes sources.
                 aggregator = new_aggregator()
                 aggregator.warnings.append(f"netlink unavailable, using /proc/net/tcp: {exc}")
-                return _collect_procfs(aggregator, families)
+                return _collect_procfs(aggregator, families, record_tap)
         return aggregator, "netlink"
 
     aggregator, source = retry_interrupted(attempt)
@@ -551,7 +558,9 @@ def collect_sockets(
     return result
 
 
-def _collect_procfs(aggregator, families):
+def _collect_procfs(aggregator, families, record_tap=None):
+    if record_tap is not None:
+        record_tap.restart()
     for family in families:
-        _feed_procfs(aggregator, family)
+        _feed_procfs(aggregator, family, record_tap)
     return aggregator, "procfs"

@@ -10,7 +10,7 @@ round measures right after its mix is ready) and times, inside that namespace
   ss | awk        ss -tan | awk '{print $1}' | sort | uniq -c
   netstat | awk   netstat -ant | awk '{print $6}' | sort | uniq -c
   psutil          psutil.net_connections(kind="tcp")
-  owners          _collect_owners.find_owners() on collect_sockets' inodes (one /proc/*/fd pass)
+  owners          _owners.find_owners() on collect_sockets' inodes (one /proc/*/fd pass)
   ss -tanp        the tool operators use to find owners
 
 Best of ROUNDS per tool (time.perf_counter).  pyroute2's DiagSocket runs once, on a
@@ -148,10 +148,10 @@ def shell_count(cmd, count_lines=False):
 
 
 def owners_pass(sockets):
-    from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners  # noqa: PLC0415
+    from ansible_collections.netstate.tcp.plugins.module_utils import _owners  # noqa: PLC0415
 
     listener_inodes = [item["inode"] for item in sockets["listeners"]]
-    owners, _listener_owner = _collect_owners.find_owners(sockets["_owner_inodes"], listener_inodes, top=10)
+    owners, _listener_owner = _owners.find_owners(sockets["_owner_inodes"], listener_inodes, top=10)
     return sum(o["sockets"] for rows in owners.values() for o in rows)
 
 
@@ -284,7 +284,7 @@ def report(rounds, pyroute2, load_before, load_after, started):
     lines += [
         "",
         f"The same collection in a fresh subprocess took {sub:.3f} s (best of {len(rounds)}). "
-        "`owners` times the /proc/*/fd pass of `_collect_owners` alone, on the collector's inodes (its "
+        "`owners` times the /proc/*/fd pass of `_owners` alone, on the collector's inodes (its "
         "sockets column: owned CLOSE_WAIT/LISTEN sockets of the top 10 processes). Tools late in a round see "
         "fewer sockets when the mix's TIME_WAIT sockets expire (60 s); the µs-per-socket column allows for that.",
     ]
