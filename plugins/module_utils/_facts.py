@@ -17,7 +17,9 @@ import time
 from datetime import datetime, timezone
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _diagnose, _netns
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES, collect_sockets
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
+from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import collect_sockets
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
@@ -43,8 +45,8 @@ class FactsError(Exception):
 
 def normalize_state(name):
     """'close-wait' / 'Close_Wait' -> 'CLOSE_WAIT'; ValueError for an unknown state."""
-    key = str(name).strip().upper().replace("-", "_")
-    if key not in STATES:
+    key = _state_name(str(name))
+    if key is None:
         raise ValueError(f"owners: unknown TCP state {name!r}; valid states (any case): {', '.join(STATES)}")
     return key
 
@@ -127,15 +129,21 @@ def _utc_now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def take_sample(options, track):
-    """One sample of the calling thread's namespace: sockets + procfs figures."""
+def take_sample(options, track, persistent_before=None, owners=True):
+    """One sample of the calling thread's namespace: sockets + procfs figures.
+
+    ``track``: keep the cookies of PERSISTENT_STATES sockets (8 bytes each) and, with
+    ``persistent_before`` (those of an earlier sample), count the sockets in both.
+    ``owners``: collect the inodes of the ``owners`` states (only the last sample needs them).
+    """
     warnings = []
     try:
         sockets = collect_sockets(
             families=tuple(options["families"]),
             top=options["top"],
-            owner_states=tuple(options["owners"]),
+            owner_states=tuple(options["owners"]) if owners else (),
             track_states=PERSISTENT_STATES if track else (),
+            persistent_before=persistent_before,
         )
     except Exception as err:
         # DiagError, OSError: without the socket dump there are no facts to give.
@@ -155,16 +163,6 @@ def take_sample(options, track):
         "inode": inode,
         "warnings": warnings,
     }
-
-
-def persistent_sockets(before, after):
-    """Sockets (matched by cookie) in a PERSISTENT_STATES state in both samples."""
-    result = {state: {"count": 0, "send_bytes": 0} for state in PERSISTENT_STATES}
-    for cookie, (state, send_bytes) in after.items():
-        if cookie in before and state in result:
-            result[state]["count"] += 1
-            result[state]["send_bytes"] += send_bytes or 0
-    return result
 
 
 def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True):
@@ -192,7 +190,8 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
     if first is not None:
         elapsed = round(last["time"] - first["time"], 3)
         rates = _collect_system.counter_rates(first["system"]["counters"], system["counters"], elapsed)
-        persistent = persistent_sockets(first["sockets"].get("_tracked", {}), sockets.get("_tracked", {}))
+        # Counted while the last sample was aggregated, against the first sample's cookies.
+        persistent = sockets.get("_persistent") or {state: {"count": 0, "send_bytes": 0} for state in PERSISTENT_STATES}
     block = {
         "schema": SCHEMA,
         "collected_at": last["collected_at"],
@@ -276,18 +275,24 @@ def gather_facts(options):
     targets, current = _targets(options, warnings)
     track = options["interval"] > 0
 
-    def sample_all():
+    def sample_all(first=None):
         samples = {}
         for label, ns in targets:
+            before = first.get(label) if first else None
+            # The first of two samples keeps only the tracked cookies: owners come from the last one.
+            kwargs = {
+                "persistent_before": before["sockets"]["_tracked"] if before else None,
+                "owners": first is not None or not track,
+            }
             if ns is None:
-                samples[label] = take_sample(options, track)
+                samples[label] = take_sample(options, track, **kwargs)
                 continue
             if ns["inode"] == current and "" in samples and samples[""] is not None:
                 samples[label] = None  # same as the current namespace: reuse its block
                 continue
             try:
                 with _netns.entered(ns["path"]):
-                    samples[label] = take_sample(options, track)
+                    samples[label] = take_sample(options, track, **kwargs)
             except _netns.NetnsError as err:
                 if "return to the original" in str(err):
                     raise
@@ -302,7 +307,7 @@ def gather_facts(options):
     if track:
         first = sample_all()
         time.sleep(options["interval"])
-    last = sample_all()
+    last = sample_all(first)
     usable = {label: sample for label, sample in last.items() if sample}
     owners = _resolve_owners(usable, options, warnings)
     blocks = {}

@@ -15,8 +15,8 @@ import socket
 import time
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _diagnose, _socket_info
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 
 RATIO_PATHS = {
     # option name -> (pressure key, ratio key) in the tcp_state facts
@@ -37,9 +37,7 @@ class GateError(ValueError):
 # ---- validation ------------------------------------------------------------
 def normalize_state(name, states):
     """'time-wait', 'time_wait', 'TIME_WAIT' -> 'TIME_WAIT'; None when unknown."""
-    if not isinstance(name, str):
-        return None
-    canonical = name.strip().upper().replace("-", "_")
+    canonical = cs.normalize_state(name)
     return canonical if canonical in states else None
 
 

@@ -128,6 +128,11 @@ NOT_SYSCTL = {
     "TCP_MEMORY_PRESSURE": (
         "TCP memory is near tcp_mem; find what holds buffers (orphans, large queues) before raising tcp_mem"
     ),
+    "CONNTRACK_TABLE_PRESSURE": (
+        "the conntrack table is near nf_conntrack_max; find which conntrack states fill it (the finding's evidence) "
+        "and shorten those timeouts or raise nf_conntrack_max with the memory it costs, by hand: the table is "
+        "shared with the firewall, so this role never sizes it"
+    ),
 }
 
 

@@ -11,14 +11,16 @@ on the inodes of the chosen processes only.  At most ``limit`` sockets are kept
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
 import socket
 import struct
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _procfs
 
 PROC = "/proc"
 DEFAULT_LIMIT = 100
@@ -85,11 +87,11 @@ def normalize_options(params):
         states = [states]
     names = []
     for state in states:
-        key = str(state).strip().upper().replace("-", "_")
-        if key == "ALL":
+        key = cs.normalize_state(str(state))
+        if str(state).strip().upper() == "ALL":
             names = list(cs.STATES)
             break
-        if key not in cs.STATES:
+        if key is None:
             errors.append(f"states: unknown state {state!r}; valid states: all, {', '.join(cs.STATES)}")
         elif key not in names:
             names.append(key)
@@ -262,63 +264,19 @@ def _sort_key(sort, record, family):
 
 
 # ---- /proc/net/tcp fallback -------------------------------------------------------
-def _procfs_address(hexstr):
-    # /proc/net/tcp{,6} prints addresses as native-endian 32-bit words
-    words = bytes.fromhex(hexstr)
-    return struct.pack(f"={len(words) // 4}I", *struct.unpack(f">{len(words) // 4}I", words))
-
-
-def iter_procfs(family, states_mask, extensions=0, bytecode=b"", proc=PROC):
-    """Records in iter_diag's layout from /proc/net/tcp{,6}, for hosts without netlink sock_diag.
+def iter_procfs(family, states_mask, extensions=0, bytecode=b"", *, proc=PROC, warnings=None):
+    """Records in iter_diag's layout from /proc/net/tcp{,6} (``_procfs``), for hosts without netlink sock_diag.
 
     The kernel cannot filter here: the state mask is applied per line and the
     bytecode is run by _diag_filter.run_bytecode, the kernel's algorithm.
     No extensions (tcp_info, memory) are available; ``extensions`` is ignored.
+    Malformed lines are counted in one warning appended to ``warnings``.
     """
     del extensions
-    path = os.path.join(proc, "net", "tcp" if family == socket.AF_INET else "tcp6")
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    try:
-        handle = open(path, encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        if family == socket.AF_INET6:
-            return  # IPv6 disabled: no sockets
-        raise
-    with handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) < 10 or fields[0] == "sl":
-                continue
-            try:
-                src_hex, sport_hex = fields[1].split(":")
-                dst_hex, dport_hex = fields[2].split(":")
-                state = int(fields[3], 16)
-                if not states_mask & (1 << state):
-                    continue
-                wq, rq = (int(x, 16) for x in fields[4].split(":"))
-                timer_hex, when_hex = fields[5].split(":")
-                timer = int(timer_hex, 16)
-                record = (
-                    state,
-                    _procfs_address(src_hex),
-                    int(sport_hex, 16),
-                    _procfs_address(dst_hex),
-                    int(dport_hex, 16),
-                    rq,
-                    wq,
-                    timer,
-                    int(fields[6], 16),
-                    int(when_hex, 16) * 1000 // ticks,
-                    int(fields[7]),
-                    int(fields[9]),
-                    0,
-                    None,
-                )
-            except ValueError:
-                continue  # a malformed line is not a socket
-            if bytecode and not df.run_bytecode(bytecode, (family, record[1], record[2], record[3], record[4])):
-                continue
-            yield record
+    for record in _procfs.iter_procfs(family, states_mask, warnings, proc=proc):
+        if bytecode and not df.run_bytecode(bytecode, (family, record[1], record[2], record[3], record[4])):
+            continue
+        yield record
 
 
 # ---- the query ----------------------------------------------------------------------
@@ -341,7 +299,7 @@ def iter_matches(options, owners=None, dump=cs.iter_diag, warnings=None):
                 continue  # IPv6 disabled: no sockets to list
             # netlink refused: the same filters, applied in user space on /proc/net/tcp{,6}
             warnings.append(f"netlink sock_diag unavailable ({exc}); listed from /proc/net/tcp, filtered in user space")
-            dump = iter_procfs
+            dump = functools.partial(iter_procfs, warnings=warnings)
             records = dump(family, mask, extensions, options["bytecode"])
             first = next(records, None)
         if first is None:

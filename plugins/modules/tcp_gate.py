@@ -235,7 +235,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 
 def main():

@@ -256,7 +256,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import DiagError, DiagUnavailable
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import DiagError, DiagUnavailable
 from ansible_collections.netstate.tcp.plugins.module_utils._socket_info import (
     SORT_KEYS,
     SocketInfoError,

@@ -23,9 +23,9 @@ import shutil
 import tempfile
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 REPORT_SCHEMA = 1
 # 0 for a host without findings, then _diagnose's one severity order shifted by one.

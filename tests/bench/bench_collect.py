@@ -1,4 +1,4 @@
-"""Socket collector (`_collect_sockets`) against the usual tools on one lab namespace of >= 300k sockets.
+"""Socket collector (`_socket_aggregate`) against the usual tools on one lab namespace of >= 300k sockets.
 
 Each round starts the lab's `mix` scenario afresh (ESTABLISHED, TIME_WAIT,
 CLOSE_WAIT, FIN_WAIT2, LISTEN; its TIME_WAIT sockets live only 60 s, so every
@@ -39,7 +39,8 @@ COLLECTIONS = str(ROOT / ".build" / "collections")
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 
 MIX_COUNT = 330_000  # the mix's plan for this count: ~330k sockets, ~140k of them TIME_WAIT
 ROUNDS = 3
@@ -49,7 +50,8 @@ PYROUTE2_TIMEOUT = 1200
 RSS_CODE = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 def hwm():
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -105,18 +107,18 @@ def bare_dump_count():
     buf = bytearray(1 << 16)
     header = struct.Struct("=IH").unpack_from
     for family in ("ipv4", "ipv6"):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, cs.NETLINK_SOCK_DIAG)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_SOCK_DIAG)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             sock.settimeout(30)
-            sock.send(cs.build_request(family, cs.ALL_STATES_MASK))
+            sock.send(nl.build_request(family, nl.ALL_STATES_MASK))
             done = False
             while not done:
                 n = sock.recv_into(buf)
                 off = 0
                 while off < n:
                     length, typ = header(buf, off)
-                    if typ in (cs.NLMSG_DONE, cs.NLMSG_ERROR) or length < 16:
+                    if typ in (nl.NLMSG_DONE, nl.NLMSG_ERROR) or length < 16:
                         done = True
                         break
                     count += 1

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
 
