@@ -475,11 +475,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import FactsError, gather_facts, normalize_options
 from ansible_collections.netstate.tcp.plugins.module_utils._netns import NetnsError
-from ansible_collections.netstate.tcp.plugins.module_utils._prometheus import (
-    check_textfile_path,
-    render_tcp_state,
-    write_textfile,
-)
 
 
 def main():
@@ -496,8 +491,11 @@ def main():
         supports_check_mode=True,
     )
     textfile = module.params["prometheus_textfile"]
+    if textfile is not None:
+        # AnsiballZ imports from a zip, so every imported module_utils file is compiled on each run: only when asked
+        from ansible_collections.netstate.tcp.plugins.module_utils import _prometheus  # noqa: PLC0415
     try:
-        textfile = None if textfile is None else check_textfile_path(textfile)
+        textfile = None if textfile is None else _prometheus.check_textfile_path(textfile)
         options = normalize_options(module.params)
         facts = gather_facts(options)
     except ValueError as err:
@@ -509,7 +507,7 @@ def main():
     if textfile is None or module.check_mode:
         module.exit_json(changed=False, ansible_facts=facts)
     try:
-        write_textfile(textfile, render_tcp_state(facts["tcp_state"]), module.atomic_move)
+        _prometheus.write_textfile(textfile, _prometheus.render_tcp_state(facts["tcp_state"]), module.atomic_move)
     except OSError as err:
         module.fail_json(msg=f"prometheus_textfile: cannot write {textfile}: {err}")
     module.exit_json(changed=True, ansible_facts=facts)
