@@ -56,8 +56,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
-    inventory = tmp_path / "inventory.yml"
+def three_host_inventory(tmp_path):
+    inventory = tmp_path / "inventory.json"
     inventory.write_text(
         json.dumps(
             {
@@ -76,6 +76,11 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
             }
         )
     )
+    return inventory
+
+
+def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
+    inventory = three_host_inventory(tmp_path)
     out = tmp_path / "reports"
     # audit_query is checked first by the action in check mode (no host, no file), then run on the report
     done = playbook(
@@ -109,6 +114,38 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     for name in ("good", "down", "broken"):
         assert any(line.strip().startswith(name) for line in done.stdout.splitlines())
     assert f"reports: {out}" in done.stdout
+
+
+def test_audit_with_limit_reports_the_limited_hosts(tmp_path):
+    """AWX's Limit: the audit reports on the limited hosts instead of silently skipping the report."""
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i", str(inventory), "playbooks/audit.yml", "--limit", "good,down", "-e", f"audit_output_dir={out}"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "latest" / "report.json").read_text())
+    assert {h["name"]: h["status"] for h in report["hosts"]} == {"good": "ok", "down": "unreachable"}
+    assert f"reports: {out}" in done.stdout
+
+
+def test_audit_fails_when_limit_leaves_no_audited_host(tmp_path):
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "--limit",
+        "good",
+        "-e",
+        "audit_hosts=broken",
+        "-e",
+        f"audit_output_dir={out}",
+    )
+    assert done.returncode != 0
+    assert "audit_hosts broken with --limit good leaves no host to audit" in done.stdout
+    assert not out.exists()
 
 
 def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):

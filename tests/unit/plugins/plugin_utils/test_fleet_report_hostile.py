@@ -164,6 +164,8 @@ def _remediation(key, value):
     [
         (_remediation("sysctls", ["net.ipv4.tcp_fin_timeout", 30]), "findings[0].remediation.sysctls"),
         (_remediation("text", {"x": 1}), "findings[0].remediation.text"),
+        (_remediation("sysctls", {"net.ipv4.ip_local_port_range": [[1], 2]}), "ip_local_port_range[0]"),
+        (_remediation("sysctls", {"net.core.somaxconn": float("nan")}), "net.core.somaxconn"),
         (_first_finding("remediation", ["a"]), "findings[0].remediation"),
         (_first_finding("summary", 12), "findings[0].summary"),
         (_first_finding("evidence", {"ratio": float("nan")}), "findings[0].evidence.ratio"),
@@ -371,3 +373,140 @@ def test_write_reports_refuses_no_file_format(tmp_path):
     with pytest.raises(fr.ReportError, match="formats"):
         fr.write_reports(report, str(tmp_path / "r"), ["prom"])
     assert not (tmp_path / "r" / "latest").exists()
+
+
+# ---------------------------------------------------------------------------
+# issue 12: hosts sort naturally; history and merge read reports back as hostile input
+
+
+def test_findings_of_the_current_diagnose_are_well_formed():
+    """Every finding _diagnose makes from the recorded facts passes the check (list-valued sysctls, profile)."""
+    from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import diagnose  # noqa: PLC0415
+
+    for name, recorded in RECORDED.items():
+        facts = copy.deepcopy(recorded)
+        facts["findings"] = diagnose(facts)
+        entry = fr.host_entry(name, result=registered(facts))
+        assert entry["status"] == "ok", entry["error"]
+    facts = copy.deepcopy(RECORDED["clean"])
+    finding = {"code": "EPHEMERAL_PORT_PRESSURE", "severity": "warning", "summary": "s", "evidence": {}}
+    finding["remediation"] = {
+        "kind": "sysctl",
+        "text": "t",
+        "sysctls": {"net.ipv4.ip_local_port_range": [10240, 65000]},
+    }
+    finding["remediation"]["profile"] = "busy-client"
+    facts["findings"] = [finding]
+    assert fr.host_entry("h", result=registered(facts))["status"] == "ok"
+
+
+def test_every_table_sorts_hosts_naturally():
+    facts = RECORDED["clean"]
+    names = ["h10", "h2", "h1", "web10.example", "web9.example"]
+    report = fr.build_report([(fr.host_entry(n, result=registered(facts)), facts) for n in names])
+    natural = ["h1", "h2", "h10", "web9.example", "web10.example"]
+    assert [e["name"] for e in report["hosts"]] == natural
+    for hosts in report["findings_by_code"].values():
+        assert hosts == natural
+    rows = list(csv.DictReader(io.StringIO(fr.render_csv(report))))
+    assert [r["host"] for r in rows] == natural
+    assert [line.split()[0] for line in fr.summary_table(report).splitlines()[1:6]] == natural
+
+
+def written_report(tmp_path, name, pairs):
+    report = fr.build_report(pairs)
+    return fr.write_reports(report, str(tmp_path / name), ["json"]), report
+
+
+def test_changes_against_the_previous_report(tmp_path):
+    leak, clean = RECORDED["close_wait_leak"], RECORDED["clean"]
+    before = [(fr.host_entry(n, result=registered(f)), f) for n, f in (("h1", clean), ("h2", leak), ("h9", clean))]
+    _written, previous = written_report(tmp_path, "r", before)
+    worse = copy.deepcopy(leak)
+    worse["findings"][0]["severity"] = "critical"
+    worse["states"]["CLOSE_WAIT"] += 7
+    now = [(fr.host_entry(n, result=registered(f)), f) for n, f in (("h1", leak), ("h2", worse), ("h3", clean))]
+    report = fr.build_report(now)
+    changes = fr.compare_reports(fr.load_report(str(tmp_path / "r")), report)
+    assert changes["previous"] == previous["generated_at"]
+    leak_codes = sorted({f["code"] for f in leak["findings"]})
+    assert [(r["host"], r["code"]) for r in changes["new_findings"]] == [("h1", c) for c in leak_codes]
+    assert changes["resolved_findings"] == []
+    code = leak["findings"][0]["code"]
+    assert {"host": "h2", "code": code, "severity": "critical", "previous": leak["findings"][0]["severity"]} in changes[
+        "severity_changes"
+    ]
+    assert changes["hosts_added"] == ["h3"] and changes["hosts_removed"] == ["h9"]
+    assert changes["state_deltas"]["h2"] == {"CLOSE_WAIT": 7}
+    assert changes["state_deltas"]["h1"] == {
+        s: leak["states"][s] - clean["states"][s] for s in fr.STATES if leak["states"][s] != clean["states"][s]
+    }
+    report["changes"] = changes
+    texts = check_every_renderer(report)
+    assert texts["md"].index("## Since the last audit") < texts["md"].index("## Hosts")
+    assert texts["html"].index('id="changes"') < texts["html"].index('id="hosts"')
+    assert fr.summary_table(report).splitlines()[-1].startswith(f"since the last audit ({previous['generated_at']}): ")
+    back = fr.compare_reports(fr.load_report(str(tmp_path / "r")), report)
+    assert back == changes
+
+
+def _report_bytes(hosts, **extra):
+    return json.dumps({"schema": 1, "generated_at": "x", "hosts": hosts, **extra}).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\xff\xfe", "not a JSON report"),
+        (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "total": NaN}'), "NaN"),
+        (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "x": 1e999}'), "1e999"),
+        (b"[" * 100000, "not a JSON report"),
+        (_report_bytes([]).replace(b'"schema": 1', b'"schema": 2'), "report schema 2 is not 1"),
+        (_report_bytes([{"name": "a", "status": "ok", "findings": {}}]), "hosts[0].findings"),
+        (_report_bytes([{"name": "<b>", "status": "pwned", "findings": []}]), "hosts[0].status"),
+        (
+            _report_bytes([], offenders={"ports": [{"host": "a", "state": "X", "port": 1, "count": 2}]}),
+            "offenders.ports[0].state",
+        ),
+    ],
+)
+def test_a_hostile_previous_report_is_named_and_the_audit_goes_on(tmp_path, content, reason):
+    path = tmp_path / "report.json"
+    path.write_bytes(content)
+    with pytest.raises(fr.ReportError, match=re.escape(str(path))) as raised:
+        fr.load_report(str(path))
+    assert reason in str(raised.value)
+    report = fr.build_report(fleet_with("web", RECORDED["clean"]))
+    report["changes"] = fr.compare_reports(None, report, previous_error=str(raised.value))
+    assert report["changes"]["previous"] is None
+    check_every_renderer(report)
+    assert "no previous report to compare with" in fr.summary_table(report).splitlines()[-1]
+
+
+def test_merge_equals_one_report_of_all_hosts(tmp_path):
+    pairs = [(fr.host_entry(n, result=registered(f)), f) for n, f in RECORDED.items()]
+    pairs.append((fr.host_entry("down", result={"unreachable": True, "msg": "gone"}), None))
+    whole = fr.build_report(pairs, top=3)
+    fr.write_reports(fr.build_report(pairs[:3], top=3), str(tmp_path / "a"), ["json"])
+    fr.write_reports(fr.build_report(pairs[3:], top=3), str(tmp_path / "b"), ["json"])
+    merged_pairs, offenders, sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b" / "latest")])
+    merged = fr.build_report(merged_pairs, offenders=offenders, top=3)
+    for key in ("fleet", "totals", "findings_by_code", "offenders"):
+        assert merged[key] == whole[key], key
+    strip = ("collected_at", "kernel", "source")
+    assert [{k: v for k, v in e.items() if k not in strip} for e in merged["hosts"]] == [
+        {k: v for k, v in e.items() if k not in strip} for e in whole["hosts"]
+    ]
+    assert len(sources) == 2
+    check_every_renderer(merged)
+
+
+def test_merge_keeps_a_host_once_where_it_answered(tmp_path):
+    clean = RECORDED["clean"]
+    fr.write_reports(
+        fr.build_report([(fr.host_entry("h1", result=registered(clean)), clean)]), str(tmp_path / "a"), ["json"]
+    )
+    down = [(fr.host_entry("h1", result={"unreachable": True, "msg": "x"}), None)]
+    fr.write_reports(fr.build_report(down), str(tmp_path / "b"), ["json"])
+    merged_pairs, _offenders, _sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [(e["name"], e["status"]) for e, _f in merged_pairs] == [("h1", "ok")]
