@@ -12,6 +12,7 @@ option asks for other namespaces).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from datetime import datetime, timezone
@@ -23,19 +24,21 @@ from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate imp
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
-DEFAULT_OWNERS = ("CLOSE_WAIT", "LISTEN")
 # States in which a socket that survives the interval is a problem worth counting.
 PERSISTENT_STATES = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
 MAX_INTERVAL = 300
 MAX_TOP = 10000
+NAMESPACE_KEYWORDS = ("current", "all")
 
-DEFAULT_OPTIONS = {
-    "top": 10,
-    "owners": list(DEFAULT_OWNERS),
-    "interval": 0,
-    "namespaces": "current",
-    "thresholds": {},
-    "families": list(FAMILIES),
+# tcp_state_facts' argument_spec, the one place of the options' types, choices and defaults
+# (the module passes it to AnsibleModule; normalize_options fills what a direct caller leaves out).
+ARGUMENT_SPEC = {
+    "top": {"type": "int", "default": 10},
+    "owners": {"type": "list", "elements": "str", "default": ["CLOSE_WAIT", "LISTEN"]},
+    "interval": {"type": "float", "default": 0},
+    "namespaces": {"type": "raw", "default": "current"},
+    "thresholds": {"type": "dict"},
+    "families": {"type": "list", "elements": "str", "choices": list(FAMILIES), "default": list(FAMILIES)},
 }
 
 
@@ -51,78 +54,95 @@ def normalize_state(name):
     return key
 
 
-def normalize_options(params=None):
-    """Check and normalize module options; raise ValueError naming the option and valid values."""
-    params = dict(params or {})
-    options = dict(DEFAULT_OPTIONS)
-    options.update({key: value for key, value in params.items() if value is not None})
+def _split_text(value):
+    """A comma-separated string (what `-a opt=a,b` gives a direct caller) -> its non-blank items."""
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
-    top = options["top"]
+
+def _check_top(top):
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
         raise ValueError(f"top: must be an integer from 0 to {MAX_TOP}, got {top!r}")
+    return top
 
-    interval = options["interval"]
+
+def _check_interval(interval):
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= MAX_INTERVAL:
         raise ValueError(f"interval: must be a number of seconds from 0 to {MAX_INTERVAL}, got {interval!r}")
+    return interval
 
-    owners = options["owners"]
-    if isinstance(owners, str):
-        owners = [item for item in owners.split(",") if item.strip()]
+
+def _check_owners(owners):
+    owners = _split_text(owners)
     if not isinstance(owners, (list, tuple)):
         raise ValueError(f"owners: must be a list of TCP states (valid: {', '.join(STATES)}), got {owners!r}")
-    owner_states = []
     # `-a owners=` arrives as [""]: blank entries mean nothing.
-    for name in (item for item in owners if not (isinstance(item, str) and not item.strip())):
-        state = normalize_state(name)
-        if state not in owner_states:
-            owner_states.append(state)
+    names = [item for item in owners if not (isinstance(item, str) and not item.strip())]
+    return list(dict.fromkeys(normalize_state(name) for name in names))
 
-    families = options["families"]
-    if isinstance(families, str):
-        families = [item.strip() for item in families.split(",") if item.strip()]
+
+def _check_families(families):
+    families = _split_text(families)
     if not isinstance(families, (list, tuple)) or not families:
         raise ValueError(f"families: must be a non-empty list of {', '.join(FAMILIES)}, got {families!r}")
-    chosen = []
-    for family in families:
-        key = str(family).strip().lower()
+    chosen = [str(family).strip().lower() for family in families]
+    for family, key in zip(families, chosen):
         if key not in FAMILIES:
             raise ValueError(f"families: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
-        if key not in chosen:
-            chosen.append(key)
+    return list(dict.fromkeys(chosen))
 
-    namespaces = options["namespaces"]
+
+def _namespace_list(names):
+    """A list of namespace names -> "all", "current" or the names ("current"/"all" inside mean what they mean alone)."""
+    if not names or not all(isinstance(item, str) and item for item in names):
+        raise ValueError(
+            "namespaces: must be 'current', 'all' or a non-empty list of namespace names "
+            f"(names in /run/netns or inode:<n>), got {names!r}"
+        )
+    # The current namespace is always described, so 'current' adds nothing to a list of names.
+    keywords = {item.strip().lower() for item in names} & set(NAMESPACE_KEYWORDS)
+    rest = [item for item in dict.fromkeys(names) if item.strip().lower() not in NAMESPACE_KEYWORDS]
+    return "all" if "all" in keywords else (rest or "current")
+
+
+def _check_namespaces(namespaces):
     if isinstance(namespaces, str):
-        if namespaces.strip().lower() in ("current", "all"):
-            namespaces = namespaces.strip().lower()
-        else:
-            namespaces = [item.strip() for item in namespaces.split(",") if item.strip()]
+        keyword = namespaces.strip().lower()
+        return keyword if keyword in NAMESPACE_KEYWORDS else _namespace_list(_split_text(namespaces))
     if isinstance(namespaces, (list, tuple)):
-        if not namespaces or not all(isinstance(item, str) and item for item in namespaces):
-            raise ValueError(
-                "namespaces: must be 'current', 'all' or a non-empty list of namespace names "
-                f"(names in /run/netns or inode:<n>), got {namespaces!r}"
-            )
-        # The keywords inside a list ([all], [current, blue]) mean what they mean alone; the current
-        # namespace is always described, so 'current' adds nothing to a list of names.
-        keywords = {item.strip().lower() for item in namespaces} & {"current", "all"}
-        names = [item for item in dict.fromkeys(namespaces) if item.strip().lower() not in ("current", "all")]
-        namespaces = "all" if "all" in keywords else (names or "current")
-    elif namespaces not in ("current", "all"):
-        raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
+        return _namespace_list(list(namespaces))
+    raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 
-    thresholds = options["thresholds"]
+
+def _check_thresholds(thresholds):
+    if thresholds is None:
+        thresholds = {}
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds: must be a dictionary, got {thresholds!r}")
-    thresholds = _diagnose.validate_thresholds(thresholds)
+    return _diagnose.validate_thresholds(thresholds)
 
-    return {
-        "top": top,
-        "owners": owner_states,
-        "interval": interval,
-        "namespaces": namespaces,
-        "thresholds": thresholds,
-        "families": chosen,
-    }
+
+# One semantic check per option (AnsibleModule has done the typing for the module already).
+_OPTION_CHECKS = {
+    "top": _check_top,
+    "owners": _check_owners,
+    "interval": _check_interval,
+    "namespaces": _check_namespaces,
+    "thresholds": _check_thresholds,
+    "families": _check_families,
+}
+
+
+def normalize_options(params=None):
+    """Check and normalize module options; raise ValueError naming the option and valid values.
+
+    Options left out or None take ARGUMENT_SPEC's defaults; keys that are no option are ignored.
+    """
+    params = params or {}
+    options = {}
+    for name, check in _OPTION_CHECKS.items():
+        value = params.get(name)
+        options[name] = check(copy.deepcopy(ARGUMENT_SPEC[name].get("default")) if value is None else value)
+    return options
 
 
 def _utc_now():

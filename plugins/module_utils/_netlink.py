@@ -166,29 +166,47 @@ NLMSGERR = compile_layout(NLMSGERR_FIELDS)
 RTATTR = compile_layout(RTATTR_FIELDS)
 INET_DIAG_REQ_V2 = compile_layout(INET_DIAG_REQ_V2_FIELDS)
 DIAG_MSG_LEN = NLMSGHDR.size + compile_layout(INET_DIAG_MSG_FIELDS).size  # 16 + 72
-# The decoder's layouts: header length/type/flags, then every inet_diag_msg field a record needs.
-_RECORD_KEEP = {
-    "nlmsg_len",
-    "nlmsg_type",
-    "nlmsg_flags",
-    "idiag_state",
-    "idiag_timer",
-    "idiag_retrans",
-    "idiag_sport",
-    "idiag_dport",
-    "idiag_src",
-    "idiag_dst",
-    "idiag_cookie",
-    "idiag_expires",
-    "idiag_rqueue",
-    "idiag_wqueue",
-    "idiag_uid",
-    "idiag_inode",
-}
-_MSG_V4 = compile_layout(
-    NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS, _RECORD_KEEP, {"idiag_src": "4s12x", "idiag_dst": "4s12x"}
+# The decoder reads nlmsg_type and nlmsg_flags as one u32: a single compare against DIAG_MULTI
+# then tells a plain dump message from everything else (end, error, DUMP_INTR flag, odd flags).
+_HOT_HEADER_FIELDS = (("nlmsg_len", "I"), ("nlmsg_type_flags", "I"), ("nlmsg_seq", "I"), ("nlmsg_pid", "I"))
+# inet_diag_dump_icsk() sends every socket with NLM_F_MULTI.
+DIAG_MULTI = struct.unpack("=I", struct.pack("=HH", SOCK_DIAG_BY_FAMILY, NLM_F_MULTI))[0]
+
+
+def message_layouts(keep, v4_address="4s12x"):
+    """(IPv4, IPv6) layouts of a sock_diag message unpacking the inet_diag_msg fields in ``keep``.
+
+    Each unpacked row starts with nlmsg_len and nlmsg_type_flags, then the kept
+    fields in memory order.  IPv4 addresses are the first 4 bytes of idiag_src/dst,
+    read with ``v4_address``: "4s12x" packed bytes, "I12x" a native int (a cheaper
+    dict key: see ``_socket_aggregate``).  Ports stay as read (network order in a
+    native int: map them with SWAP16).
+    """
+    keep = {"nlmsg_len", "nlmsg_type_flags", *keep}
+    fields = _HOT_HEADER_FIELDS + INET_DIAG_MSG_FIELDS
+    v4 = compile_layout(fields, keep, {"idiag_src": v4_address, "idiag_dst": v4_address})
+    return v4, compile_layout(fields, keep)
+
+
+# Every inet_diag_msg field a record needs (rows: len, type_flags, state, timer, retrans,
+# sport, dport, src, dst, cookie, expires, rqueue, wqueue, uid, inode).
+RECORD_LAYOUTS = message_layouts(
+    {
+        "idiag_state",
+        "idiag_timer",
+        "idiag_retrans",
+        "idiag_sport",
+        "idiag_dport",
+        "idiag_src",
+        "idiag_dst",
+        "idiag_cookie",
+        "idiag_expires",
+        "idiag_rqueue",
+        "idiag_wqueue",
+        "idiag_uid",
+        "idiag_inode",
+    }
 )
-_MSG_V6 = compile_layout(NLMSGHDR_FIELDS + INET_DIAG_MSG_FIELDS, _RECORD_KEEP)
 
 RECV_BUFSIZE = 1 << 16  # the kernel fills at most ~32 KiB per dump skb
 SO_RCVBUF_WANTED = 1 << 22
@@ -371,18 +389,30 @@ def _diag_errno(code, where):
     return DiagError(text)
 
 
-def _other_message(chunk, off, n, warnings):
-    """The rare path of the decoder: end/error, short or corrupt messages.  Returns (length, done)."""
+_SKIP, _DONE, _ROW = 0, 1, 2
+_SHORT = (-1, -1)  # stands for a message too short to unpack
+
+
+def _other_message(chunk, off, n, status, warnings):
+    """The rare path of the decoder: end/error, flagged, short or corrupt messages.  Returns (length, kind).
+
+    kind is _ROW for a diag message that is whole but carries unusual flags
+    (NLM_F_DUMP_INTR, or no NLM_F_MULTI), _DONE at the end of the dump, _SKIP else.
+    """
     if n - off < NLMSGHDR.size:
         raise DiagError(f"netlink dump: {n - off} trailing bytes, not a message header")
     length, typ, flags = NLMSGHDR.unpack_from(chunk, off)[:3]
     if length < NLMSGHDR.size or off + length > n:
         raise DiagError(f"netlink dump: message length {length} at offset {off} does not fit the datagram")
+    if flags & NLM_F_DUMP_INTR:
+        status.interrupted = True
     if typ == SOCK_DIAG_BY_FAMILY:
+        if length >= DIAG_MSG_LEN:
+            return length, _ROW
         if warnings is not None:
             warnings.append(f"netlink dump: skipped a {length}-byte diag message (needs {DIAG_MSG_LEN})")
-        return length, False, flags
-    return length, _check_end(chunk, off, length, typ), flags
+        return length, _SKIP
+    return length, _DONE if _check_end(chunk, off, length, typ) else _SKIP
 
 
 class DumpStatus:
@@ -394,14 +424,18 @@ class DumpStatus:
         self.interrupted = False
 
 
-def decode_record_batches(chunks, family, with_attrs=False, warnings=None, status=None):
-    """Decode an iterable of netlink datagrams into record batches (one list per datagram).
+def decode_batches(chunks, family, layouts=RECORD_LAYOUTS, *, with_attrs=False, warnings=None, status=None):
+    """Decode netlink datagrams into batches (one list per datagram) of raw rows.
 
-    The decoder of live dumps and recorded byte streams.  Stops at NLMSG_DONE;
-    raises DiagError on an error message, a message whose length runs past its
-    datagram, or a stream that ends without NLMSG_DONE.  Diag messages too short
-    to hold an inet_diag_msg are skipped with a warning appended to
-    ``warnings`` (a list) when given.  ``status`` (a DumpStatus) gets
+    A row is the tuple ``layouts`` (from :func:`message_layouts`) unpacks from one
+    message, as is: a consumer that declares the fields it needs loops over it
+    with no per-socket object built in between.  With ``with_attrs`` each item is
+    (row, memoryview of the message's attributes) instead.
+
+    Stops at NLMSG_DONE; raises DiagError on an error message, a message whose
+    length runs past its datagram, or a stream that ends without NLMSG_DONE.
+    Diag messages too short to hold an inet_diag_msg are skipped with a warning
+    appended to ``warnings`` (a list) when given.  ``status`` (a DumpStatus) gets
     ``interrupted`` set when the kernel flags NLM_F_DUMP_INTR, as iproute2's
     libnetlink checks on every message.
 
@@ -409,9 +443,8 @@ def decode_record_batches(chunks, family, with_attrs=False, warnings=None, statu
     netlink dump (one pass per socket), and each helper call it would be split
     into costs a measurable share of a 300k-socket dump.
     """
-    msg = _MSG_V4 if family_number(family) == socket.AF_INET else _MSG_V6
-    unpack, need, swap = msg.unpack_from, msg.size, SWAP16
-    diag_type, intr = SOCK_DIAG_BY_FAMILY, NLM_F_DUMP_INTR
+    msg = layouts[0] if family_number(family) == socket.AF_INET else layouts[1]
+    unpack, need, plain = msg.unpack_from, msg.size, DIAG_MULTI
     status = status if status is not None else DumpStatus()
     for chunk in chunks:
         n = len(chunk)
@@ -421,29 +454,42 @@ def decode_record_batches(chunks, family, with_attrs=False, warnings=None, statu
         view = memoryview(chunk) if with_attrs else None
         while off < n:
             try:
-                ln, typ, flags, st, timer, retrans, sport, dport, src, dst, cookie, expires, rq, wq, uid, ino = unpack(
-                    chunk, off
-                )
+                row = unpack(chunk, off)
             except struct.error:
-                ln = typ = -1
-            if typ != diag_type or ln < need or off + ln > n:
-                ln, done, flags = _other_message(chunk, off, n, warnings)
-                if flags & intr:
-                    status.interrupted = True
-                if done:
+                row = _SHORT
+            ln = row[0]
+            if row[1] != plain or ln < need or off + ln > n:
+                ln, kind = _other_message(chunk, off, n, status, warnings)
+                if kind == _DONE:
                     if batch:
                         yield batch
                     return
-                off += (ln + 3) & ~3
-                continue
-            if flags & intr:
-                status.interrupted = True
-            attrs = view[off + need : off + ln] if with_attrs else None
+                if kind == _SKIP:
+                    off += (ln + 3) & ~3
+                    continue
+            if with_attrs:
+                row = (row, view[off + need : off + ln])
+            append(row)
             off += (ln + 3) & ~3
-            append((st, src, swap[sport], dst, swap[dport], rq, wq, timer, retrans, expires, uid, ino, cookie, attrs))
         if batch:
             yield batch
     raise DiagError("netlink dump: stream ended without NLMSG_DONE")
+
+
+def decode_record_batches(chunks, family, with_attrs=False, warnings=None, status=None):
+    """Record batches (see the module docstring) of :func:`decode_batches`."""
+    swap = SWAP16
+    for rows in decode_batches(chunks, family, RECORD_LAYOUTS, with_attrs=with_attrs, warnings=warnings, status=status):
+        if with_attrs:
+            yield [
+                (st, src, swap[sp], dst, swap[dp], rq, wq, tm, rt, ex, uid, ino, ck, attrs)
+                for (_ln, _tf, st, tm, rt, sp, dp, src, dst, ck, ex, rq, wq, uid, ino), attrs in rows
+            ]
+        else:
+            yield [
+                (st, src, swap[sp], dst, swap[dp], rq, wq, tm, rt, ex, uid, ino, ck, None)
+                for _ln, _tf, st, tm, rt, sp, dp, src, dst, ck, ex, rq, wq, uid, ino in rows
+            ]
 
 
 def decode_diag_stream(chunks, family, with_attrs=False, warnings=None, status=None):
@@ -476,6 +522,20 @@ def interrupted_warning(family):
     )
 
 
+def _dump_batches(family, states_mask, extensions, bytecode, *, decode, warnings, on_interrupt):
+    status = DumpStatus()
+    sock, chunks = dump(family, states_mask, extensions, bytecode)
+    try:
+        yield from decode(chunks, status)
+    finally:
+        sock.close()
+    if status.interrupted:
+        if on_interrupt == "raise":
+            raise DumpInterrupted(interrupted_warning(family))
+        if warnings is not None:
+            warnings.append(interrupted_warning(family))
+
+
 def iter_diag_batches(family, states_mask, extensions=0, bytecode=b"", *, warnings=None, on_interrupt="warn"):
     """Record batches of one TCP dump of ``family`` (see :func:`decode_record_batches`).
 
@@ -484,17 +544,22 @@ def iter_diag_batches(family, states_mask, extensions=0, bytecode=b"", *, warnin
     :func:`retry_interrupted`); "warn" appends a warning to ``warnings`` instead.
     Raises DiagUnavailable or DiagError.
     """
-    status = DumpStatus()
-    sock, chunks = dump(family, states_mask, extensions, bytecode)
-    try:
-        yield from decode_record_batches(chunks, family, bool(extensions), warnings, status)
-    finally:
-        sock.close()
-    if status.interrupted:
-        if on_interrupt == "raise":
-            raise DumpInterrupted(interrupted_warning(family))
-        if warnings is not None:
-            warnings.append(interrupted_warning(family))
+
+    def decode(chunks, status):
+        return decode_record_batches(chunks, family, bool(extensions), warnings, status)
+
+    return _dump_batches(
+        family, states_mask, extensions, bytecode, decode=decode, warnings=warnings, on_interrupt=on_interrupt
+    )
+
+
+def iter_diag_rows(family, states_mask, layouts, *, warnings=None, on_interrupt="warn"):
+    """Raw row batches (see :func:`decode_batches`) of one TCP dump of ``family``, no extensions."""
+
+    def decode(chunks, status):
+        return decode_batches(chunks, family, layouts, warnings=warnings, status=status)
+
+    return _dump_batches(family, states_mask, 0, b"", decode=decode, warnings=warnings, on_interrupt=on_interrupt)
 
 
 def iter_diag(family, states_mask, extensions=0, bytecode=b"", *, warnings=None, on_interrupt="warn"):

@@ -17,6 +17,7 @@ import heapq
 import itertools
 import os
 import socket
+import struct
 from array import array
 from bisect import bisect_left
 from collections import defaultdict
@@ -28,9 +29,12 @@ from ansible_collections.netstate.tcp.plugins.module_utils._netlink import (
     ST_NEW_SYN_RECV,
     STATE_NUMBERS,
     STATES,
+    SWAP16,
     DiagUnavailable,
-    decode_record_batches,
+    decode_batches,
     family_name,
+    iter_diag_rows,
+    message_layouts,
     normalize_state,
 )
 from ansible_collections.netstate.tcp.plugins.module_utils._procfs import parse_record_batches
@@ -42,6 +46,29 @@ from ansible_collections.netstate.tcp.plugins.module_utils._socket_records impor
 TIMER_KINDS = ("retransmit", "persist", "keepalive", "time_wait", "zero_window", "max_retransmits")
 # The /proc path has no socket cookie: a socket is known by a 64-bit hash of its four-tuple there.
 _COOKIE_MASK = (1 << 64) - 1
+# The fields the aggregator reads from each sock_diag message, unpacked as rows of
+# (len, type_flags, state, timer, retrans, sport, dport, src, dst, cookie, rqueue, wqueue, inode);
+# ports stay in network order (SWAP16 maps them when a result is built), and IPv4 addresses
+# are native ints: an int hashes and compares faster than a fresh bytes object, and the hot
+# loop's dict keys are made of them.
+FACTS_LAYOUTS = message_layouts(
+    {
+        "idiag_state",
+        "idiag_timer",
+        "idiag_retrans",
+        "idiag_sport",
+        "idiag_dport",
+        "idiag_src",
+        "idiag_dst",
+        "idiag_cookie",
+        "idiag_rqueue",
+        "idiag_wqueue",
+        "idiag_inode",
+    },
+    v4_address="I12x",
+)
+# port_kind values: what a socket on that local port is for the outgoing-connection tables.
+_LISTENING, _FIXED_PORT, _EPHEMERAL_PORT = 0, 1, 2
 
 
 def _read_text(path):
@@ -91,16 +118,34 @@ def address_scope(text, local_addresses):
     return "remote"
 
 
-def _addr_text(packed):
-    """Packed address (4 or 16 bytes) -> text."""
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+_V4_NATIVE = struct.Struct("=I")
 
 
-def _endpoint(packed, port):
+def _addr_text(key):
+    """Address key -> text: an int (IPv4 read as a native u32 from netlink) or packed bytes (4 or 16)."""
+    if isinstance(key, int):
+        key = _V4_NATIVE.pack(key)
+    return socket.inet_ntop(socket.AF_INET if len(key) == 4 else socket.AF_INET6, key)
+
+
+def _endpoint(packed, wire_port):
     text = _addr_text(packed)
+    port = SWAP16[wire_port]
     if ":" in text:
         return f"[{text}]:{port}"
     return f"{text}:{port}"
+
+
+def _first(key):
+    return key[0]
+
+
+def _second(key):
+    return key[1]
+
+
+def _peer_endpoint(triple):
+    return triple[1:]
 
 
 def _contains(sorted_cookies, cookie):
@@ -140,22 +185,22 @@ class SocketAggregator:
         self.recv_bytes = [0] * 256
         self.timers = [0] * 65536  # (state << 8) | idiag_timer
         self.max_retrans = [0] * 256
-        # Local-port counts in a flat list indexed (state << 16) | port: a list slot is
+        # Local-port counts in a flat list indexed (state << 16) | wire port: a list slot is
         # much cheaper than a dict insert when ephemeral ports make most keys distinct.
         self.port_counts = [0] * ((ST_NEW_SYN_RECV + 1) << 16)
-        self.by_local = [defaultdict(int) for _state in range(256)]
-        self.by_peer = [defaultdict(int) for _state in range(256)]
-        # (peer address, peer port) per state, of sockets on a local port nothing listens on: the
-        # outgoing connections, whose peer endpoint is a service (an accepted connection's peer
-        # port is the client's ephemeral port: one key per socket that would name nobody).
-        self.peer_endpoints = [defaultdict(int) for _state in range(256)]
-        self.tuples = defaultdict(int)  # (src, dst, dport) of sockets on an ephemeral local port
-        # Local ports counted for ephemeral-port pressure: in ip_local_port_range and not a
-        # port something listens on (accepted server sockets share the listener's port).
-        self.ephemeral = bytearray(65536)
-        # Listening ports: both dumps (netlink and /proc) list listeners before connections.
-        self.listening = bytearray(65536)
-        self.ephemeral[max(low, 0) : min(high, 65535) + 1] = b"\x01" * max(0, min(high, 65535) + 1 - max(low, 0))
+        # One dict update per socket feeds by_local_address, by_peer, by_peer_endpoint and the
+        # busiest tuple (each is summed from these tables when the result is built):
+        # - accepted connections (on a port something listens on) count (src, dst) per state:
+        #   their peer port is the client's ephemeral port, one key per socket naming nobody;
+        # - outgoing connections (on a local port nothing listens on) count (src, dst, wire
+        #   dport) per (port kind << 8) | state, the kind telling ephemeral-range ports apart.
+        self.incoming = [defaultdict(int) for _state in range(256)]
+        self.outgoing = [defaultdict(int) for _slot in range((_EPHEMERAL_PORT + 1) << 8)]
+        # Kind of each wire-order local port; both dumps (netlink and /proc) list listeners
+        # before connections, so a listener marks its port before any socket on it is counted.
+        self.port_kind = bytearray([_FIXED_PORT]) * 65536
+        for port in range(max(low, 0), min(high, 65535) + 1):
+            self.port_kind[SWAP16[port]] = _EPHEMERAL_PORT
         self.owner_inodes = {}
         self.tracked = array("Q")
         self.before = persistent_before
@@ -179,28 +224,23 @@ class SocketAggregator:
         self.listen_backlog_known = True
         self.warnings = []
 
-    def feed(self, family, batches, source="netlink"):
-        """Aggregate one family's record batches; returns the number of sockets counted.
+    def feed(self, family, batches, listen_backlog_known=True):
+        """Aggregate one family's row batches (FACTS_LAYOUTS rows); returns the number of sockets counted.
 
-        ``source`` "procfs" says the records carry no listen backlog.  radon grades
-        this loop above C on purpose: it is the consumer's hot loop (one pass per
-        socket, fused with the decoder's batches), and every call split out of it
-        costs a measurable share of a 300k-socket dump.
+        ``listen_backlog_known`` False says the rows carry no listen backlog (procfs).
+        radon grades this loop above C on purpose: it is the consumer's hot loop (one
+        pass per socket over the decoder's rows), and every call split out of it costs
+        a measurable share of a 300k-socket dump.
         """
         counts = self.family_counts[family_name(family)]
         send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
-        port_counts, by_local, by_peer, tuples = self.port_counts, self.by_local, self.by_peer, self.tuples
-        peer_endpoints, ephemeral, listening, special = (
-            self.peer_endpoints,
-            self.ephemeral,
-            self.listening,
-            self.special,
-        )
-        if source == "procfs":
+        port_counts, incoming, outgoing = self.port_counts, self.incoming, self.outgoing
+        port_kind, special = self.port_kind, self.special
+        if not listen_backlog_known:
             self.listen_backlog_known = False
         before = sum(counts)
         for batch in batches:
-            for st, src, sport, dst, dport, rq, wq, timer, retrans, _exp, _uid, ino, cookie, _attrs in batch:
+            for _len, _type_flags, st, timer, retrans, sport, dport, src, dst, cookie, rq, wq, ino in batch:
                 if special[st]:
                     if special[st] == 2:
                         self.unknown_states += 1
@@ -210,7 +250,7 @@ class SocketAggregator:
                         # LISTEN "queues" are not bytes: rqueue is the accept-queue length, wqueue the backlog.
                         self._add_listener(src, sport, rq, wq if self.listen_backlog_known else None, ino)
                         continue
-                    self._special(st, ino, wq, (src, sport, dst, dport) if cookie is None else cookie)
+                    self._special(st, ino, wq, cookie)
                 counts[st] += 1
                 if wq:
                     send_bytes[st] += wq
@@ -221,25 +261,40 @@ class SocketAggregator:
                     if retrans > max_retrans[st]:  # noqa: PLR1730 - max() is slower in the hot loop
                         max_retrans[st] = retrans
                 port_counts[(st << 16) | sport] += 1
-                by_local[st][src] += 1
-                by_peer[st][dst] += 1
-                if not listening[sport]:
-                    peer_endpoints[st][(dst, dport)] += 1
-                    if ephemeral[sport]:
-                        tuples[(src, dst, dport)] += 1
+                kind = port_kind[sport]
+                if kind:
+                    outgoing[(kind << 8) | st][(src, dst, dport)] += 1
+                else:
+                    incoming[st][(src, dst)] += 1
         return sum(counts) - before
 
-    def feed_netlink(self, family, chunks):
+    def feed_records(self, family, record_batches, source="netlink"):
+        """Aggregate batches of records (the ``_socket_records`` layout) of one family.
+
+        The path of /proc records (``source`` "procfs": no listen backlog, no cookie,
+        so a socket is known by its four-tuple); netlink dumps go through
+        :meth:`feed_netlink` or :func:`collect_sockets`, which skip the record tuples.
+        """
+        swap = SWAP16
+        rows = (
+            [
+                (0, 0, st, tm, rt, swap[sp], swap[dp], src, dst, (src, sp, dst, dp) if ck is None else ck, rq, wq, ino)
+                for st, src, sp, dst, dp, rq, wq, tm, rt, _ex, _uid, ino, ck, _attrs in batch
+            ]
+            for batch in record_batches
+        )
+        return self.feed(family, rows, source != "procfs")
+
+    def feed_netlink(self, family, chunks, status=None):
         """Aggregate recorded or live netlink datagrams of one family's dump."""
-        return self.feed(family, decode_record_batches(chunks, family, warnings=self.warnings))
+        return self.feed(family, decode_batches(chunks, family, FACTS_LAYOUTS, warnings=self.warnings, status=status))
 
     def feed_procfs(self, family, lines):
         """Aggregate /proc/net/tcp or tcp6 text given line by line (malformed lines: one warning)."""
-        return self.feed(family, parse_record_batches(lines, family, warnings=self.warnings), "procfs")
+        return self.feed_records(family, parse_record_batches(lines, family, warnings=self.warnings), "procfs")
 
-    def _add_listener(self, src, port, accept_queue, backlog, inode):
-        self.ephemeral[port] = 0
-        self.listening[port] = 1
+    def _add_listener(self, src, wire_port, accept_queue, backlog, inode):
+        self.port_kind[wire_port] = _LISTENING
         table = self.owner_tables[ST_LISTEN]
         if table is not None and inode:
             table[inode] = table.get(inode, 0) + 1
@@ -250,7 +305,7 @@ class SocketAggregator:
             fill = round(accept_queue / backlog, 4) if backlog else (1.0 if accept_queue else 0.0)
             sort_key = fill
         self._listener_seq += 1
-        item = (sort_key, accept_queue, -self._listener_seq, src, port, backlog, fill, inode)
+        item = (sort_key, accept_queue, -self._listener_seq, src, wire_port, backlog, fill, inode)
         if len(self.listeners) < self.top:
             heapq.heappush(self.listeners, item)
         elif self.top > 0 and item > self.listeners[0]:
@@ -285,12 +340,27 @@ class SocketAggregator:
 
     def _peer_endpoint_row(self, key, count):
         text = _addr_text(key[0])
-        return {"address": text, "port": key[1], "count": count, "scope": address_scope(text, self.local_addresses)}
+        port = SWAP16[key[1]]
+        return {"address": text, "port": port, "count": count, "scope": address_scope(text, self.local_addresses)}
 
     def _top_ports(self, st):
         ports = self.port_counts[st << 16 : (st + 1) << 16]
         used = itertools.compress(range(65536), ports)  # only ports with sockets, at C speed
-        return [{"port": port, "count": ports[port]} for port in heapq.nlargest(self.top, used, key=ports.__getitem__)]
+        return [
+            {"port": SWAP16[port], "count": ports[port]}
+            for port in heapq.nlargest(self.top, used, key=ports.__getitem__)
+        ]
+
+    def _sum_by(self, st, incoming_key, outgoing_key):
+        """{key: count} of the sockets in state ``st``, keys picked from the incoming and outgoing tables."""
+        merged = defaultdict(int)
+        if incoming_key is not None:
+            for pair, count in self.incoming[st].items():
+                merged[incoming_key(pair)] += count
+        for kind in (_FIXED_PORT, _EPHEMERAL_PORT):
+            for triple, count in self.outgoing[(kind << 8) | st].items():
+                merged[outgoing_key(triple)] += count
+        return merged
 
     def _top(self, states):
         top = {"by_local_port": {}, "by_local_address": {}, "by_peer": {}, "by_peer_endpoint": {}}
@@ -298,9 +368,12 @@ class SocketAggregator:
             if not states[name] or st == ST_LISTEN:
                 continue
             top["by_local_port"][name] = self._top_ports(st)
-            top["by_local_address"][name] = self._top_rows(self.by_local[st], self._address_row)
-            top["by_peer"][name] = self._top_rows(self.by_peer[st], self._peer_row)
-            top["by_peer_endpoint"][name] = self._top_rows(self.peer_endpoints[st], self._peer_endpoint_row)
+            by_local = self._sum_by(st, _first, _first)
+            by_peer = self._sum_by(st, _second, _second)
+            by_peer_endpoint = self._sum_by(st, None, _peer_endpoint)
+            top["by_local_address"][name] = self._top_rows(by_local, self._address_row)
+            top["by_peer"][name] = self._top_rows(by_peer, self._peer_row)
+            top["by_peer_endpoint"][name] = self._top_rows(by_peer_endpoint, self._peer_endpoint_row)
         return top
 
     def _timers(self, st):
@@ -330,10 +403,19 @@ class SocketAggregator:
         ]
 
     def _busiest_tuple(self):
-        if not self.tuples:
+        tuples = defaultdict(int)  # (src, dst, wire dport) of sockets on an ephemeral local port, all states
+        for st in range(256):
+            for key, count in self.outgoing[(_EPHEMERAL_PORT << 8) | st].items():
+                tuples[key] += count
+        if not tuples:
             return {"local_address": None, "peer_address": None, "peer_port": None, "count": 0}
-        (src, dst, dport), count = max(self.tuples.items(), key=lambda kv: kv[1])
-        return {"local_address": _addr_text(src), "peer_address": _addr_text(dst), "peer_port": dport, "count": count}
+        (src, dst, dport), count = max(tuples.items(), key=lambda kv: kv[1])
+        return {
+            "local_address": _addr_text(src),
+            "peer_address": _addr_text(dst),
+            "peer_port": SWAP16[dport],
+            "count": count,
+        }
 
     def _warnings(self):
         warnings = list(self.warnings)
@@ -382,7 +464,7 @@ def _check_states(option, names):
 
 def _feed_procfs(aggregator, family):
     try:
-        aggregator.feed(
+        aggregator.feed_records(
             family,
             iter_record_batches(family, ALL_STATES_MASK, source="procfs", warnings=aggregator.warnings),
             "procfs",
@@ -462,8 +544,9 @@ def collect_sockets(
             return _collect_procfs(new_aggregator(), families)
         aggregator = new_aggregator()
         for family in families:
-            batches = iter_record_batches(
-                family, ALL_STATES_MASK, warnings=aggregator.warnings, on_interrupt=on_interrupt
+            # Rows straight from the decoder (no record tuple per socket): the fast path of a full dump.
+            batches = iter_diag_rows(
+                family, ALL_STATES_MASK, FACTS_LAYOUTS, warnings=aggregator.warnings, on_interrupt=on_interrupt
             )
             try:
                 aggregator.feed(family, batches)

@@ -5,7 +5,9 @@
 
 Consumers (the facts aggregator, socket_info, the gate) read sockets only
 through here.  A record is the tuple described in ``_netlink`` (index it with
-``_netlink.R_*``); both sources yield the same layout.
+``_netlink.R_*``); both sources yield the same layout.  The one exception is the facts aggregator's
+full netlink dump, which reads the decoder's raw rows (``_netlink.iter_diag_rows``)
+to build no tuple per socket; its /proc path comes through here.
 """
 
 from __future__ import annotations

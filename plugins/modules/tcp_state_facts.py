@@ -473,21 +473,19 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netstate.tcp.plugins.module_utils._facts import FactsError, gather_facts, normalize_options
+from ansible_collections.netstate.tcp.plugins.module_utils._facts import (
+    ARGUMENT_SPEC,
+    FactsError,
+    gather_facts,
+    normalize_options,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._netns import NetnsError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "top": {"type": "int", "default": 10},
-            "owners": {"type": "list", "elements": "str", "default": ["CLOSE_WAIT", "LISTEN"]},
-            "interval": {"type": "float", "default": 0},
-            "namespaces": {"type": "raw", "default": "current"},
-            "thresholds": {"type": "dict"},
-            "families": {"type": "list", "elements": "str", "choices": ["ipv4", "ipv6"], "default": ["ipv4", "ipv6"]},
-            "prometheus_textfile": {"type": "str"},
-        },
+        # the textfile is output, not a facts option: _facts.ARGUMENT_SPEC holds what the facts depend on
+        argument_spec={**ARGUMENT_SPEC, "prometheus_textfile": {"type": "str"}},
         supports_check_mode=True,
     )
     textfile = module.params["prometheus_textfile"]

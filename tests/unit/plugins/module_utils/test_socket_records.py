@@ -159,7 +159,7 @@ def _attempts(streams):
         status = nl.DumpStatus()
         warnings = []
         aggregator = agg.SocketAggregator()
-        aggregator.feed("ipv4", nl.decode_record_batches(chunks, "ipv4", status=status))
+        aggregator.feed_netlink("ipv4", chunks, status=status)
         if status.interrupted:
             if on_interrupt == "raise":
                 raise nl.DumpInterrupted(nl.interrupted_warning("ipv4"))
