@@ -15,6 +15,7 @@ for a finite int or float, so no value can add or break a line.
 from __future__ import annotations
 
 import datetime
+import errno
 import math
 import os
 import stat
@@ -287,7 +288,10 @@ def write_textfile(path: str, text: str, atomic_move) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, TEXTFILE_MODE)
-        atomic_move(temporary, path)
+        try:
+            atomic_move(temporary, path)
+        except Exception as exc:  # atomic_move raises a bare Exception on ansible-core >= 2.19
+            raise OSError(errno.EIO, f"cannot replace {path}: {exc}") from exc
         # atomic_move keeps an existing file's mode, or applies the umask to a new one
         os.chmod(path, TEXTFILE_MODE)
     finally:
