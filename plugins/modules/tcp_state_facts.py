@@ -103,7 +103,7 @@ options:
         control characters. Missing parent directories are created with mode C(0755), so node_exporter can
         enter them; an existing symlink or directory at the path is refused.
       - The file is written atomically (a temporary file in the same directory, renamed over the target) with
-        mode C(0644); the task then reports RV(changed). Not written in check mode.
+        mode C(0644); the task then reports C(changed). Not written in check mode.
       - 'Metrics: C(netstate_tcp_sockets{state}), C(netstate_tcp_findings{code,severity}),
         C(netstate_tcp_worst_severity), the pressure figures (C(netstate_tcp_orphans), C(netstate_tcp_orphans_ratio),
         C(netstate_tcp_memory_ratio_to_high), ...), C(netstate_tcp_churn_*) when TCP churn was traced,

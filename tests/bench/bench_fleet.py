@@ -66,7 +66,7 @@ def _phases(cmd, env, cwd):
 
 
 def _median(cmd, env, cwd):
-    return statistics.median(_timed(cmd, env, cwd) for _ in range(RUNS))
+    return statistics.median(_timed(cmd, env, cwd) for _run in range(RUNS))
 
 
 def run() -> str:

@@ -301,7 +301,7 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path):
     path = str(tmp_path / "tcp_state.prom")
     texts = [prom.render_tcp_state(RECORDED[name]) for name in sorted(RECORDED)[:4]]
     threads = [
-        threading.Thread(target=lambda t=text: [prom.write_textfile(path, t, os.rename) for _ in range(25)])
+        threading.Thread(target=lambda t=text: [prom.write_textfile(path, t, os.rename) for _round in range(25)])
         for text in texts
     ]
     for thread in threads:
