@@ -32,10 +32,15 @@ author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
-  - netstate.tcp.attributes.INFO_MODULE
   - netstate.tcp.attributes.FACTS
   - netstate.tcp.attributes.PLATFORM_LINUX
   - netstate.tcp.thresholds
+attributes:
+  check_mode:
+    support: full
+    details: Reads only; the O(prometheus_textfile) file is not written in check mode.
+  diff_mode:
+    support: none
 options:
   top:
     description:
@@ -112,9 +117,24 @@ options:
         namespace (from C(/proc/<pid>/ns/net)).
     type: float
     default: 0
+  prometheus_textfile:
+    description:
+      - Also write the figures of RV(ansible_facts.tcp_state) (the namespace the module runs in) as Prometheus
+        text exposition to this file, for node_exporter's textfile collector, in the same call.
+      - An absolute path of a file whose name ends in C(.prom) (the only files the collector reads), without
+        control characters. Missing parent directories are created with mode C(0755), so node_exporter can
+        enter them; an existing symlink or directory at the path is refused.
+      - The file is written atomically (a temporary file in the same directory, renamed over the target) with
+        mode C(0644); the task then reports C(changed). Not written in check mode.
+      - 'Metrics: C(netstate_tcp_sockets{state}), C(netstate_tcp_findings{code,severity}),
+        C(netstate_tcp_worst_severity), the pressure figures (C(netstate_tcp_orphans), C(netstate_tcp_orphans_ratio),
+        C(netstate_tcp_memory_ratio_to_high), ...), C(netstate_tcp_churn_*) when TCP churn was traced,
+        C(netstate_tcp_conntrack_*) when the namespace has a conntrack table, and
+        C(netstate_tcp_audit_timestamp_seconds) (the collection time).'
+    type: str
 notes:
-  - Read-only. Nothing on the host is changed, in check mode or not; with O(trace) a tracefs instance exists for
-    the duration of the task only.
+  - Read-only, except the O(prometheus_textfile) file when that option is given. With O(trace) a tracefs
+    instance exists for the duration of the task only.
   - C(tcp_orphan_retries=0) means 8 retries to the kernel; RV(ansible_facts.tcp_state.effective) shows the
     effective value.
   - In a non-initial network namespace C(net.ipv4.tcp_max_orphans) and C(net.ipv4.tcp_mem) do not exist; they are
@@ -583,10 +603,16 @@ from ansible_collections.netstate.tcp.plugins.module_utils._netns import NetnsEr
 
 def main():
     module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
+        # the textfile is output, not a facts option: _facts.ARGUMENT_SPEC holds what the facts depend on
+        argument_spec={**ARGUMENT_SPEC, "prometheus_textfile": {"type": "str"}},
         supports_check_mode=True,
     )
+    textfile = module.params["prometheus_textfile"]
+    if textfile is not None:
+        # AnsiballZ imports from a zip, so every imported module_utils file is compiled on each run: only when asked
+        from ansible_collections.netstate.tcp.plugins.module_utils import _prometheus  # noqa: PLC0415
     try:
+        textfile = None if textfile is None else _prometheus.check_textfile_path(textfile)
         options = normalize_options(module.params)
         facts = gather_facts(options)
     except ValueError as err:
@@ -595,7 +621,13 @@ def main():
         module.fail_json(msg=f"tcp_state_facts: {err}")
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_state_facts: unexpected error: {err}", exception=traceback.format_exc())
-    module.exit_json(changed=False, ansible_facts=facts)
+    if textfile is None or module.check_mode:
+        module.exit_json(changed=False, ansible_facts=facts)
+    try:
+        _prometheus.write_textfile(textfile, _prometheus.render_tcp_state(facts["tcp_state"]), module.atomic_move)
+    except OSError as err:
+        module.fail_json(msg=f"prometheus_textfile: cannot write {textfile}: {err}")
+    module.exit_json(changed=True, ansible_facts=facts)
 
 
 if __name__ == "__main__":
