@@ -76,8 +76,10 @@ options:
     default: []
   comms:
     description:
-      - Only sockets held by processes with these names (C(/proc/<pid>/comm), at most 15 characters; longer
-        names are cut to 15). Combined with O(pids) as either.
+      - Only sockets held by processes with these names. Combined with O(pids) as either.
+      - The kernel keeps a process name (C(/proc/<pid>/comm)) in 15 bytes, cut possibly inside a multi-byte
+        character. A name matches the processes whose comm is the first 15 bytes of its UTF-8 encoding, so the full
+        name and the name as RV(sockets[].owner.comm) shows it both match.
     type: list
     elements: str
     default: []
@@ -215,7 +217,7 @@ sockets:
           description: Process id.
           type: int
         comm:
-          description: Process name.
+          description: Process name as the kernel keeps it (15 bytes), a character it cut shown as U+FFFD.
           type: str
     timer:
       description: The socket's active timer.
@@ -256,7 +258,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import DiagError, DiagUnavailable
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import DiagError, DiagUnavailable
 from ansible_collections.netstate.tcp.plugins.module_utils._socket_info import (
     SORT_KEYS,
     SocketInfoError,
