@@ -556,3 +556,16 @@ def test_merge_keeps_a_host_once_where_it_answered(tmp_path):
     fr.write_reports(fr.build_report(down), str(tmp_path / "b"), ["json"])
     merged_pairs, _offenders, _sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b")])
     assert [(e["name"], e["status"]) for e, _f in merged_pairs] == [("h1", "ok")]
+
+
+def test_merge_totals_only_the_tcp_states_of_a_host_without_total(tmp_path):
+    # the report check reads the TCP states only; any other key in states is ignored, never summed
+    states = {**dict.fromkeys(fr.STATES, 2), "x": "not a count"}
+    (tmp_path / "report.json").write_bytes(
+        _report_bytes([{"name": "h1", "status": "ok", "findings": [], "states": states}])
+    )
+    pairs, _offenders, _sources = fr.merge_reports([str(tmp_path)])
+    entry = pairs[0][0]
+    assert entry["total"] == 2 * len(fr.STATES)
+    assert entry["states"] == dict.fromkeys(fr.STATES, 2)
+    check_every_renderer(fr.build_report(pairs))
