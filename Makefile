@@ -33,7 +33,7 @@ export ANSIBLE_REMOTE_TMP := $(ANSIBLE_HOME)/remote-tmp
 export ANSIBLE_SSH_CONTROL_PATH_DIR := $(ANSIBLE_HOME)/cp
 
 .PHONY: help setup apt venv link audit test checks lint ruff yamllint ansible-lint changelog-lint sanity unit unit-unprivileged \
-	integration molecule smoke compat compat-run release-check bench clean lab-cleanup
+	integration molecule smoke compat compat-run release-check release bench clean lab-cleanup
 
 help:
 	@echo "make audit   audit this host and print the result"
@@ -41,6 +41,7 @@ help:
 	@echo "             and newest ansible-core (root)"
 	@echo "make unit    unit tests (any user; needs only the venv)"
 	@echo "make compat  the compatibility smoke on every ansible-core minor (root)"
+	@echo "make release turn the changelog fragments into CHANGELOG.rst for galaxy.yml's version"
 	@echo "make bench   benchmarks -> docs/benchmarks.md (root)"
 
 # ---- set-up -------------------------------------------------------------
@@ -89,7 +90,25 @@ yamllint: venv
 ansible-lint: setup
 	$(BIN)/ansible-lint --offline
 
-changelog-lint: venv
+changelog-lint: venv release-check
+	$(BIN)/antsibull-changelog lint
+
+# The release, rehearsed on a copy: antsibull-changelog release must turn the fragments into a
+# CHANGELOG.rst section for galaxy.yml's version, and the result must lint.
+RELEASE_ROOT := $(or $(TMPDIR),/tmp)/netstate-tcp-release-$(shell printf %s '$(CURDIR)' | md5sum | cut -c1-8)
+VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
+release-check: venv
+	@rm -rf $(RELEASE_ROOT) && mkdir -p $(RELEASE_ROOT)
+	@$(COPY_TREE) | tar -xf - -C $(RELEASE_ROOT)
+	@cd $(RELEASE_ROOT) && $(BIN)/antsibull-changelog release --version $(VERSION) && $(BIN)/antsibull-changelog lint
+	@grep -qx 'v$(VERSION)' $(RELEASE_ROOT)/CHANGELOG.rst || { echo "release-check: no v$(VERSION) section in CHANGELOG.rst"; exit 1; }
+	@! ls $(RELEASE_ROOT)/changelogs/fragments/*.yml >/dev/null 2>&1 || { echo "release-check: fragments left after the release"; exit 1; }
+	@rm -rf $(RELEASE_ROOT)
+	@echo "release-check: antsibull-changelog release $(VERSION) works and lints"
+
+# The real release (the maintainer, once): fragments -> changelogs/changelog.yaml and CHANGELOG.rst.
+release: venv
+	$(BIN)/antsibull-changelog release --version $(VERSION)
 	$(BIN)/antsibull-changelog lint
 
 # ansible-test wants the collection at ansible_collections/<ns>/<name>: test a
