@@ -181,14 +181,16 @@ smoke: setup $(SMOKE_CORES:%=$(COMPAT_DIR)/%/.installed)
 compat: setup $(COMPAT_CORES:%=$(COMPAT_DIR)/%/.installed)
 	@$(MAKE) --no-print-directory compat-run CORES="$(COMPAT_CORES)"
 
+# Every core runs even when one fails; each one's time is printed (make test must stay under 30 min).
 compat-run:
 	@test "$$(id -u)" -eq 0 || { echo "the compatibility smoke needs root (lab hosts)"; exit 1; }
-	@for v in $(CORES); do \
+	@failed=""; for v in $(CORES); do \
 		echo "== compatibility smoke on ansible-core $$v"; \
 		start=$$(date +%s); \
-		COMPAT_ANSIBLE_BIN=$(COMPAT_DIR)/$$v/bin $(BIN)/python -m pytest tests/compat -q -p no:cacheprovider || exit 1; \
+		COMPAT_ANSIBLE_BIN=$(COMPAT_DIR)/$$v/bin $(BIN)/python -m pytest tests/compat -q || failed="$$failed $$v"; \
 		echo "== ansible-core $$v: smoke took $$(( $$(date +%s) - start )) s"; \
-	done
+	done; \
+	test -z "$$failed" || { echo "compatibility smoke failed on ansible-core$$failed"; exit 1; }
 
 bench: setup
 	@test "$$(id -u)" -eq 0 || { echo "benchmarks need root (lab hosts)"; exit 1; }
