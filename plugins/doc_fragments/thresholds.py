@@ -22,6 +22,9 @@ options:
         (or since the network namespace was created). With the C(interval) option their growth per second is
         used; without it a counter alone gives at most a warning (C(counter_events_warning)), never a critical
         finding.
+      - Below C(fin_wait1_warning) and C(fin_wait1_bytes_warning), FIN_WAIT1 sockets with unsent data on the persist
+        (zero-window probe) timer still give FIN_WAIT1_STUCK at info severity, the signature of the FIN_WAIT1
+        hoard; at warning when they persist across the C(interval).
       - "C(close_wait_warning) (count, default C(100)): a healthy application closes within milliseconds of the
         peer's FIN; a hundred lingering CLOSE_WAIT sockets means some code path never calls close()."
       - "C(close_wait_critical) (count, default C(1000)): a thousand leaked fds is where proxies hit their fd limit
@@ -70,6 +73,10 @@ options:
         because the SYN queue is full; any growth is a warning."
       - "C(tw_overflow_rate_critical) (rate, default C(10.0)): TCPTimeWaitOverflow per second (needs interval):
         sockets closing without TIME_WAIT protection; any growth is a warning."
+      - "C(conntrack_ratio_warning) (ratio, default C(0.75)): entries in the namespace's nf_conntrack table over
+        nf_conntrack_max: a quarter of headroom is what a burst of new connections eats first."
+      - "C(conntrack_ratio_critical) (ratio, default C(0.9)): nearly full conntrack table: when it is full the kernel
+        drops new connections and logs 'nf_conntrack: table full, dropping packet'."
       - "C(counter_events_warning) (count, default C(1000)): without interval a counter only shows events since boot
         (or namespace creation): at or above this count it gives a warning, below it info; counters alone are never
         critical."

@@ -159,12 +159,12 @@ def build_request(family, states_mask, extensions=0, bytecode=b"", seq=1):
     return header + payload
 
 
-def open_diag_socket():
-    """A NETLINK_SOCK_DIAG socket with a large receive buffer; DiagUnavailable when not possible."""
+def open_diag_socket(protocol=NETLINK_SOCK_DIAG, what="sock_diag"):
+    """A netlink socket (NETLINK_SOCK_DIAG unless told) with a large receive buffer; DiagUnavailable if impossible."""
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     except (OSError, AttributeError) as exc:
-        raise DiagUnavailable(f"netlink sock_diag socket not available: {exc}") from exc
+        raise DiagUnavailable(f"netlink {what} socket not available: {exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_WANTED)
     except OSError:

@@ -16,8 +16,19 @@ import os
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _collect_system, _diagnose, _netns
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES, collect_sockets
+from ansible_collections.netstate.tcp.plugins.module_utils import (
+    _collect_owners,
+    _collect_system,
+    _conntrack,
+    _diagnose,
+    _netns,
+    _peer_namespaces,
+)
+from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import (
+    STATES,
+    collect_sockets,
+    read_local_addresses,
+)
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
@@ -142,6 +153,8 @@ def take_sample(options, track):
         raise FactsError(f"cannot collect sockets: {err}") from err
     warnings.extend(sockets.pop("warnings", None) or [])
     system = _collect_system.collect_system(warnings=warnings)
+    conntrack, conntrack_warnings = _conntrack.collect_conntrack()
+    warnings.extend(conntrack_warnings)
     try:
         inode = _netns.current_inode()
     except OSError as err:
@@ -152,6 +165,9 @@ def take_sample(options, track):
         "collected_at": _utc_now(),
         "sockets": sockets,
         "system": system,
+        "conntrack": conntrack,
+        # The namespace's own addresses name peers in other namespaces (only when several are described).
+        "addresses": read_local_addresses() if options["namespaces"] != "current" else (),
         "inode": inode,
         "warnings": warnings,
     }
@@ -215,6 +231,7 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "sysctls": system["sysctls"],
         "effective": _collect_system.effective_settings(system["sysctls"]),
         "pressure": pressure,
+        "conntrack": last.get("conntrack"),
         "findings": [],
         "warnings": warnings,
     }
@@ -270,6 +287,24 @@ def _targets(options, warnings):
     return targets, current
 
 
+def _name_peer_namespaces(blocks, samples, targets, current, name=None):
+    """Peers owned by another of the sampled namespaces get its {inode, name} and container."""
+    listed = []
+    pids = {current: os.getpid()}
+    for label, sample in samples.items():
+        ns = targets.get(label)
+        if ns is None:
+            listed.append((sample["inode"], name, sample.get("addresses") or ()))
+            continue
+        listed.append((ns["inode"], ns["name"], sample.get("addresses") or ()))
+        if ns.get("pid"):
+            pids.setdefault(ns["inode"], ns["pid"])
+    owners = _peer_namespaces.address_owners(listed)
+    container_of = _peer_namespaces.ContainerLookup(pids)
+    for block in blocks.values():
+        _peer_namespaces.name_peers(block, owners, container_of)
+
+
 def gather_facts(options):
     """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}."""
     warnings = []
@@ -315,6 +350,8 @@ def gather_facts(options):
         blocks[label] = build_block(
             before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
         )
+    if options["namespaces"] != "current":
+        _name_peer_namespaces(blocks, usable, dict(targets), current, name=current_name)
     tcp_state = blocks[""]
     # With `interval` both samples meet the same unreadable namespace: say each thing once.
     tcp_state["warnings"] = list(dict.fromkeys(warnings + tcp_state["warnings"]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import time
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _socket_info
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _diagnose, _socket_info
 from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
 
@@ -300,7 +300,7 @@ def evaluate(spec, facts, breakdown=None, severity_rank=None):
 
     findings = facts.get("findings") or []
     if spec["fail_on_severity"]:
-        rank = severity_rank or {"info": 0, "warning": 1, "critical": 2}.get
+        rank = severity_rank or _diagnose.severity_rank
         floor = rank(spec["fail_on_severity"])
         hits = [f for f in findings if rank(f.get("severity")) >= floor]
         check = _check(f"findings >= {spec['fail_on_severity']}", len(hits), 0)

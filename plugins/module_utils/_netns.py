@@ -59,8 +59,9 @@ def named_namespaces(run_dir=NETNS_RUN_DIR, warnings=None, proc=PROC):
 def list_namespaces(proc=PROC, run_dir=NETNS_RUN_DIR, warnings=None):
     """Every distinct network namespace among run_dir and /proc/*/ns/net.
 
-    Returns [{inode, name, path}] sorted by name then inode; `path` is a file that
-    setns() can open (the /run/netns entry, else one process's ns/net link).
+    Returns [{inode, name, path[, pid]}] sorted by name then inode; `path` is a file that
+    setns() can open (the /run/netns entry, else one process's ns/net link); `pid` is
+    one process inside it, when any.
     Processes whose ns link cannot be read (not ours, without root) are counted
     in one warning.
     """
@@ -83,6 +84,7 @@ def list_namespaces(proc=PROC, run_dir=NETNS_RUN_DIR, warnings=None):
             continue  # the process exited meanwhile
         if inode not in found:
             found[inode] = {"inode": inode, "name": None, "path": path}
+        found[inode].setdefault("pid", int(entry))
     if denied:
         warnings.append(f"namespaces: could not read ns/net of {denied} processes (permission denied)")
     return sorted(found.values(), key=lambda ns: (ns["name"] is None, ns["name"] or "", ns["inode"]))

@@ -7,9 +7,7 @@ applies exactly these values (through tcp_sysctl's ``profiles`` option), so a
 report's advice and the role's change cannot disagree.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 # An orphan can pin up to about 64 KiB of socket buffers: the orphan cap turns a
 # memory budget into tcp_max_orphans with it.
@@ -130,7 +128,55 @@ NOT_SYSCTL = {
     "TCP_MEMORY_PRESSURE": (
         "TCP memory is near tcp_mem; find what holds buffers (orphans, large queues) before raising tcp_mem"
     ),
+    "CONNTRACK_TABLE_PRESSURE": (
+        "the conntrack table is near nf_conntrack_max; find which conntrack states fill it (the finding's evidence) "
+        "and shorten those timeouts or raise nf_conntrack_max with the memory it costs, by hand: the table is "
+        "shared with the firewall, so this role never sizes it"
+    ),
 }
+
+
+# Sysctls a finding tells the operator to set by hand: the remediate role never writes them.
+MANUAL_SYSCTLS = {
+    # tcp_tw_recycle breaks clients behind NAT; 0 turns it off on kernels older than 4.12 that still have it.
+    "TW_RECYCLE_PRESENT": {"net.ipv4.tcp_tw_recycle": 0},
+}
+
+# Which way a catalog value improves on a host's current one. A finding recommends a catalog value only
+# when it does: it never lowers a somaxconn of 65535 to 8192, nor raises tcp_orphan_retries.
+#   higher / lower   the catalog number is above / below the current one
+#   equal            any other current value is worse (a switch)
+#   wider            the catalog [low, high] range holds the current range and more
+IMPROVES_WHEN = {
+    "net.ipv4.tcp_tw_reuse": "equal",
+    "net.ipv4.ip_local_port_range": "wider",
+    "net.ipv4.tcp_max_tw_buckets": "higher",
+    "net.ipv4.tcp_max_orphans": "lower",
+    "net.ipv4.tcp_orphan_retries": "lower",
+    "net.ipv4.tcp_fin_timeout": "lower",
+    "net.ipv4.tcp_syncookies": "equal",
+    "net.ipv4.tcp_max_syn_backlog": "higher",
+    "net.core.somaxconn": "higher",
+}
+
+
+def improves(name, current, value):
+    """True when the catalog ``value`` of sysctl ``name`` is better than the host's ``current`` one.
+
+    ``current`` None (unknown, or absent in this namespace) is never improved on: nothing to set there.
+    For tcp_orphan_retries pass the effective value (0 means 8).
+    """
+    if current is None:
+        return False
+    direction = IMPROVES_WHEN[name]
+    if direction == "equal":
+        return current != value
+    if direction == "higher":
+        return current < value
+    if direction == "lower":
+        return current > value
+    low, high = current
+    return value[0] <= low and value[1] >= high and list(value) != [low, high]
 
 
 def profile_value(profile, name):

@@ -79,7 +79,7 @@ options:
       - Fail when the diagnosis has any of these findings, whatever their severity.
       - Valid codes are V(CLOSE_WAIT_LEAK), V(TIME_WAIT_CHURN), V(FIN_WAIT1_STUCK), V(ORPHAN_PRESSURE),
         V(TCP_MEMORY_PRESSURE), V(LISTEN_OVERFLOW), V(SYN_BACKLOG_PRESSURE), V(EPHEMERAL_PORT_PRESSURE),
-        V(TW_BUCKET_OVERFLOW), V(ORPHAN_RETRIES_DEFAULT), V(TW_RECYCLE_PRESENT).
+        V(TW_BUCKET_OVERFLOW), V(ORPHAN_RETRIES_DEFAULT), V(TW_RECYCLE_PRESENT), V(CONNTRACK_TABLE_PRESSURE).
     type: list
     elements: str
     default: []

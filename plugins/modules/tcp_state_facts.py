@@ -74,6 +74,8 @@ options:
         namespace is always described, so V(current) adds nothing to a list of names.
       - Entering another namespace needs root (C(CAP_SYS_ADMIN)); a namespace that cannot be entered is
         listed in RV(ansible_facts.tcp_state.warnings).
+      - With more than the current namespace, peers owned by another described namespace (a local container)
+        are named with its C(namespace) and C(container) in RV(ansible_facts.tcp_state.top).
       - Host-wide figures (sockstat C(tcp_orphan), C(tcp_alloc), C(tcp_mem_pages)) appear once, in
         RV(ansible_facts.tcp_state) and in the initial namespace's block; other namespaces' blocks have them
         null.
@@ -306,6 +308,12 @@ ansible_facts:
             - For each state that has sockets, the O(top) busiest C(by_local_port), C(by_local_address) and
               C(by_peer) (peer C(scope) is V(loopback), V(local) or V(remote)). LISTEN sockets are in
               RV(ansible_facts.tcp_state.listeners) instead.
+            - With O(namespaces) other than V(current), every C(by_peer) and C(by_peer_endpoint) entry (and each
+              C(churn.peers) entry) also has C(namespace) and C(container). When another described namespace owns
+              the peer address (one of its own addresses, and of no other namespace), C(namespace) is its
+              C(inode) and C(name) and C(container) the container id a process inside it shows in its cgroup
+              (null without one); otherwise both are null. V(all) describes every namespace of the host, so
+              local containers are named; with a list of names only those namespaces can be.
           returned: always
           type: dict
           sample: {by_local_port: {TIME_WAIT: [{port: 6601, count: 5000}]},
@@ -410,13 +418,65 @@ ansible_facts:
               most connections), C(in_use) (its connection count) and C(ratio).
           returned: always
           type: dict
+        conntrack:
+          description:
+            - The namespace's nf_conntrack table. Figures come from C(/proc/sys/net/netfilter), the TCP states from
+              one ctnetlink dump (C(NETLINK_NETFILTER)) decoded as a stream.
+            - The module never makes the kernel load a module. When nf_conntrack is not loaded, C(available) is
+              false and every figure is null. When C(nf_conntrack_netlink) is not loaded (and the kernel could
+              load it, as a ctnetlink request would make it), C(states) is null and a warning says so; the
+              other figures are still given.
+          returned: always
+          type: dict
+          contains:
+            available:
+              description: Whether nf_conntrack is loaded (its sysctls exist in this namespace).
+              type: bool
+              returned: always
+            source:
+              description: V(ctnetlink) when C(states) was read; null when it could not be (see the warnings).
+              type: str
+              returned: always
+            count:
+              description: Entries in this namespace's table (C(nf_conntrack_count)), all protocols.
+              type: int
+              returned: always
+            max:
+              description: The table limit (C(nf_conntrack_max)); 0 means no limit.
+              type: int
+              returned: always
+            ratio:
+              description: C(count) / C(max), null when either is unknown or C(max) is 0.
+              type: float
+              returned: always
+            states:
+              description:
+                - TCP entries per conntrack state, every state present (V(NONE), V(SYN_SENT), V(SYN_RECV),
+                  V(ESTABLISHED), V(FIN_WAIT), V(CLOSE_WAIT), V(LAST_ACK), V(TIME_WAIT), V(CLOSE), V(SYN_SENT2)).
+                - Conntrack states are the firewall's view of a connection, one entry per connection, not
+                  per socket.
+              type: dict
+              returned: always
+            timeouts:
+              description:
+                - Seconds an entry stays in each TCP state without traffic (C(nf_conntrack_tcp_timeout_<name>)) -
+                  C(syn_sent), C(syn_recv), C(established), C(fin_wait), C(close_wait), C(last_ack), C(time_wait),
+                  C(close), C(max_retrans), C(unacknowledged).
+              type: dict
+              returned: always
+          sample: {available: true, source: ctnetlink, count: 60, max: 262144, ratio: 0.0002,
+                   states: {NONE: 0, SYN_SENT: 0, SYN_RECV: 0, ESTABLISHED: 20, FIN_WAIT: 0, CLOSE_WAIT: 20,
+                            LAST_ACK: 0, TIME_WAIT: 20, CLOSE: 0, SYN_SENT2: 0},
+                   timeouts: {syn_sent: 120, syn_recv: 60, established: 432000, fin_wait: 120, close_wait: 60,
+                              last_ack: 30, time_wait: 120, close: 10, max_retrans: 300, unacknowledged: 300}}
         findings:
           description:
             - Diagnoses, each with a stable C(code) (CLOSE_WAIT_LEAK, TIME_WAIT_CHURN, FIN_WAIT1_STUCK,
               ORPHAN_PRESSURE, TCP_MEMORY_PRESSURE, LISTEN_OVERFLOW, SYN_BACKLOG_PRESSURE, EPHEMERAL_PORT_PRESSURE,
-              TW_BUCKET_OVERFLOW, ORPHAN_RETRIES_DEFAULT, TW_RECYCLE_PRESENT), a C(severity) (V(info),
-              V(warning), V(critical)), a C(summary), the C(evidence) and a C(remediation) (C(kind), C(text),
-              C(sysctls)).
+              TW_BUCKET_OVERFLOW, ORPHAN_RETRIES_DEFAULT, TW_RECYCLE_PRESENT, CONNTRACK_TABLE_PRESSURE), a
+              C(severity) (V(info), V(warning), V(critical)), a C(summary), the C(evidence) and a C(remediation)
+              (C(kind), C(text), C(sysctls), and C(profile), the remediate role's profile that applies those
+              sysctls, null when none does).
           returned: always
           type: list
           elements: dict

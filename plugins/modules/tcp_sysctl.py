@@ -12,7 +12,14 @@ version_added: 0.1.0
 description:
   - Manages one sysctl.d drop-in file exclusively (default V(/etc/sysctl.d/60-netstate-tcp.conf)) holding every
     key it is given, applies the values live under C(/proc/sys) and persists the file atomically (temporary
-    file in the same directory, then rename).
+    file in the same directory, then C(atomic_move), which keeps the SELinux context as C(ansible.posix.sysctl)
+    does). Symbolic links are refused, never followed.
+  - The keys come from O(sysctls), from the profiles of the netstate.tcp remediation catalog (O(profiles), or
+    picked by findings with O(from_findings)), from O(orphan_cap), and with O(keep_existing) from the drop-in
+    itself. The findings' advice (C(tcp_state_facts)) and these profiles come from the same catalog.
+  - One run at a time per drop-in - an exclusive lock on C(.<name>.lock) beside it, waited for at most
+    O(lock_timeout) seconds - so concurrent runs (one host under two inventory names, two pipelines) never
+    mix their saved values.
   - Validates every name and value before touching anything. A name must be a dotted sysctl identifier that
     exists under C(/proc/sys) (no C(..), no C(/), no globs); a value must be an integer or an integer vector.
     Booleans from YAML are rejected with a hint to use V(1) or V(0).
@@ -26,7 +33,10 @@ description:
     is left half-applied.
   - Saves the values it replaced in a state file next to the drop-in (C(.<name>.previous.json), never loaded by
     C(sysctl --system)), so O(state=absent) restores them exactly and removes the file. Keys dropped from
-    O(sysctls) on a later run get their saved value back too.
+    the request on a later run get their saved value back too. The saved state is host data - its names and
+    values are validated exactly like O(sysctls) before anything is written.
+  - Files are staged before any live value is written, so a read-only or full directory fails the task with
+    nothing changed; a later failure undoes exactly what was changed and the message says what was restored.
   - Only integer sysctls are supported.
 author:
   - netstate.tcp developers (@netstate)
@@ -46,19 +56,70 @@ options:
       - Sysctl names mapped to the values to set, for example C(net.ipv4.tcp_fin_timeout) to V(30).
       - A value is an integer, a string of digits, or for vectors (C(tcp_mem), C(tcp_rmem),
         C(ip_local_port_range)) a list of integers or a space-separated string with as many
-        integers as the kernel holds for that key.
-      - The drop-in file holds exactly these keys afterwards (minus skipped ones).
-      - Required with O(state=present); ignored with a warning when O(state=absent).
+        integers as the kernel holds for that key. Integers are 64-bit at most.
+      - Applied on top of O(profiles), O(orphan_cap) and the keys kept with O(keep_existing).
+      - The drop-in file holds exactly the keys requested afterwards (minus skipped ones).
+      - With O(state=present), a request with nothing in it (O(sysctls) null or empty and none of O(profiles),
+        O(from_findings), O(finding_codes), O(orphan_cap), O(keep_existing)) fails; it never empties the file.
+        When the selectors are given but choose no key (no finding fired, nothing to keep) the run is a no-op.
+      - Ignored with a warning when O(state=absent).
     type: dict
+  profiles:
+    description:
+      - Profiles of the remediation catalog to apply, each key with its reason (returned in RV(reasons)).
+        V(time_wait) (C(tcp_tw_reuse), C(ip_local_port_range), C(tcp_max_tw_buckets)), V(orphans)
+        (C(tcp_max_orphans), C(tcp_orphan_retries)), V(fin_wait) (C(tcp_fin_timeout)), V(syn_flood)
+        (C(tcp_syncookies), C(tcp_max_syn_backlog)), V(listen_backlog) (C(somaxconn), C(tcp_max_syn_backlog)).
+      - With O(from_findings), limits the profiles the findings pick (empty means any).
+    type: list
+    elements: str
+    choices: [fin_wait, listen_backlog, orphans, syn_flood, time_wait]
+    default: []
+  from_findings:
+    description:
+      - Apply the profiles that answer O(finding_codes) (limited to O(profiles) when that is not empty),
+        instead of O(profiles) as given.
+    type: bool
+    default: false
+  finding_codes:
+    description:
+      - Codes of the findings that fired, for example from C(ansible_facts.tcp_state.findings).
+      - With O(from_findings) they pick the profiles. In any case the codes that no sysctl may fix are returned
+        in RV(not_fixed_by_sysctls) with what to do instead. Codes without a sysctl fix are otherwise ignored.
+    type: list
+    elements: str
+  orphan_cap:
+    description:
+      - Memory budget for orphaned sockets. Sets C(net.ipv4.tcp_max_orphans) to O(orphan_cap.memory_mb) * 1024 / 64
+        (an orphan can pin about 64 KiB of buffers) and C(net.ipv4.tcp_orphan_retries) to O(orphan_cap.retries).
+      - Applied on top of O(profiles).
+    type: dict
+    suboptions:
+      memory_mb:
+        description: Memory in MiB orphaned sockets may hold at most.
+        type: int
+        required: true
+      retries:
+        description: C(tcp_orphan_retries) to set, at least 1 (0 means 8 in the kernel, so it is refused).
+        type: int
+        default: 2
+  keep_existing:
+    description:
+      - Keep the keys the drop-in already holds (validated like O(sysctls)), under everything else requested.
+        A fix then does not undo itself when its finding stops firing.
+    type: bool
+    default: false
   file:
     description:
-      - The drop-in file managed exclusively by this module. Absolute path ending in C(.conf).
-      - The values it replaced are saved next to it in C(.<basename>.previous.json).
+      - The drop-in file managed exclusively by this module. Absolute, normalised path ending in C(.conf),
+        without control characters. A symbolic link is refused.
+      - The values it replaced are saved next to it in C(.<basename>.previous.json), and C(.<basename>.lock)
+        serialises runs; both are removed with the file.
     type: path
     default: /etc/sysctl.d/60-netstate-tcp.conf
   state:
     description:
-      - V(present) sets O(sysctls) live and writes the file.
+      - V(present) sets the requested keys live and writes the file.
       - V(absent) restores the saved previous values live, then removes the file and its saved state.
     type: str
     choices: [present, absent]
@@ -67,18 +128,24 @@ options:
     description:
       - Whether to change live values. With V(false) only the file (and saved state) are written or removed;
         the values take effect at the next boot or C(sysctl --system).
-      - A key dropped from O(sysctls) keeps its saved value in the state file while its live value still
+      - A key dropped from the request keeps its saved value in the state file while its live value still
         differs from it, so a later run with O(apply=true) or O(state=absent) restores it.
     type: bool
     default: true
   on_global_in_namespace:
     description:
-      - What to do with a host-wide key asked for inside a non-initial network namespace.
+      - What to do with a host-wide key asked for (or saved) inside a non-initial network namespace.
       - V(skip) leaves it out of the file and the live change, with a warning, and lists it in RV(skipped_sysctls).
       - V(fail) fails the task before anything is changed.
     type: str
     choices: [skip, fail]
     default: skip
+  lock_timeout:
+    description:
+      - Seconds to wait for another run on the same drop-in to finish (0 to 3600). Past it the task fails with
+        nothing changed. Check mode reads only and takes no lock.
+    type: int
+    default: 60
 notes:
   - Why not C(ansible.posix.sysctl) - it has no diff mode, rewrites a file one key per call, does not own a drop-in
     exclusively, and cannot restore what it replaced.
@@ -115,6 +182,15 @@ EXAMPLES = r"""
     sysctls:
       net.core.somaxconn: 4096
     apply: false
+
+- name: Apply the catalog's profiles for the findings that fired, keeping what earlier runs applied
+  netstate.tcp.tcp_sysctl:
+    from_findings: true
+    finding_codes: "{{ ansible_facts.tcp_state.findings | map(attribute='code') | list }}"
+    keep_existing: true
+    orphan_cap:
+      memory_mb: 1024
+      retries: 2
 
 - name: Undo, restoring exactly the values that were replaced
   netstate.tcp.tcp_sysctl:
@@ -190,6 +266,22 @@ namespace:
       description: Whether it is the initial (host) network namespace.
       type: bool
       sample: true
+profiles:
+  description: The catalog profiles applied (with O(from_findings), those the findings picked).
+  returned: always
+  type: list
+  elements: str
+  sample: ["orphans"]
+reasons:
+  description: Why each key of the file is there (its profile and reason, the orphan cap, O(sysctls), or kept).
+  returned: always
+  type: dict
+  sample: {"net.ipv4.tcp_orphan_retries": "orphans profile: an orphan gives up after 2 retransmissions ..."}
+not_fixed_by_sysctls:
+  description: The codes among O(finding_codes) that no sysctl may fix, with what to do instead.
+  returned: always
+  type: dict
+  sample: {"CLOSE_WAIT_LEAK": "application problem: the peer closed and the process never closed its socket; ..."}
 diff:
   description: In diff mode, the drop-in file before/after and the live values before/after.
   returned: when diff mode is on
@@ -200,81 +292,46 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.netstate.tcp.plugins.module_utils._remediation import ORPHAN_RETRIES, PROFILES
 from ansible_collections.netstate.tcp.plugins.module_utils._sysctl import (
-    DEFAULT_FILE,
     GLOBAL_CHOICES,
     ApplyError,
-    SysctlDropIn,
     SysctlError,
-    format_value,
-    namespace_info,
-    parse_conf,
-    state_path,
-    validate_request,
+    manage,
 )
 
-
-def run_module(module):
-    params = module.params
-    state, apply = params["state"], params["apply"]
-    namespace = namespace_info()
-    dropin = SysctlDropIn(params["file"])
-    skipped = []
-    if state == "present":
-        wanted, skipped, warnings = validate_request(params["sysctls"], params["on_global_in_namespace"], namespace)
-        for warning in warnings:
-            module.warn(warning)
-        plan = dropin.plan_present(wanted, apply=apply)
-    else:
-        if params["sysctls"]:
-            module.warn("sysctls is ignored with state=absent: every key the file manages is restored")
-        plan = dropin.plan_absent(apply=apply)
-
-    changed = dropin.changed(plan)
-    result = {
-        "changed": changed,
-        "skipped_sysctls": skipped,
-        "previous": plan["previous"],
-        "before": plan["live_before"],
-        "changed_sysctls": [name for name, _values in plan["writes"]],
-        "file": dropin.path,
-        "state_file": state_path(dropin.path),
-        "namespace": namespace,
-    }
-    if module._diff:
-        result["diff"] = dropin.diff(plan)
-    file_values = parse_conf(plan["file_after"] or "")
-    if module.check_mode or not changed:
-        live = dict(plan["live_before"])
-        for name, values in plan["writes"]:
-            live[name] = format_value(values)
-    else:
-        live = dropin.execute(plan)
-    if apply:
-        result["applied"] = {name: live[name] for name in file_values if name in live}
-    else:
-        result["applied"] = file_values
-    return result
+# Every default lives here, once.
+ARGUMENT_SPEC = {
+    "sysctls": {"type": "dict"},
+    "profiles": {"type": "list", "elements": "str", "choices": sorted(PROFILES), "default": []},
+    "from_findings": {"type": "bool", "default": False},
+    "finding_codes": {"type": "list", "elements": "str"},
+    "orphan_cap": {
+        "type": "dict",
+        "options": {
+            "memory_mb": {"type": "int", "required": True},
+            "retries": {"type": "int", "default": ORPHAN_RETRIES},
+        },
+    },
+    "keep_existing": {"type": "bool", "default": False},
+    "file": {"type": "path", "default": "/etc/sysctl.d/60-netstate-tcp.conf"},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    "apply": {"type": "bool", "default": True},
+    "on_global_in_namespace": {"type": "str", "choices": list(GLOBAL_CHOICES), "default": "skip"},
+    "lock_timeout": {"type": "int", "default": 60},
+}
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "sysctls": {"type": "dict"},
-            "file": {"type": "path", "default": DEFAULT_FILE},
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "apply": {"type": "bool", "default": True},
-            "on_global_in_namespace": {"type": "str", "choices": list(GLOBAL_CHOICES), "default": "skip"},
-        },
-        required_if=[("state", "present", ("sysctls",))],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = run_module(module)
+        result, warnings = manage(module.params, module.check_mode, module._diff, module.atomic_move)
     except (SysctlError, ApplyError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"tcp_sysctl: {exc}; nothing was changed")
+    for warning in warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

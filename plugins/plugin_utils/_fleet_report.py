@@ -20,11 +20,12 @@ import os
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
-from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
 
 REPORT_SCHEMA = 1
-SEVERITY_RANK = {None: 0, **{name: rank + 1 for rank, name in enumerate(SEVERITIES)}}
+# 0 for a host without findings, then _diagnose's one severity order shifted by one.
+SEVERITY_RANK = {None: 0, **{name: severity_rank(name) + 1 for name in SEVERITIES}}
 STATUSES = ("ok", "malformed", "failed", "unreachable")
 FORMATS = ("json", "md", "html", "csv", "prom")
 DEFAULT_FORMATS = ("json", "md", "html", "csv")

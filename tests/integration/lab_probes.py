@@ -9,11 +9,13 @@ gather(host, **options)       its ``tcp_state``
 ss_rows(host, state)          (Recv-Q, Send-Q, local, peer) of each socket ss lists in ``state``
 netstat_counter(host, name)   a counter of /proc/net/netstat read inside the namespace
 facts_over_ansible(...)       tcp_state_facts run by ``ansible -o`` over an inventory: {alias: tcp_state}
+bridge_connections(...)       connections between two bridged lab hosts (Lab.add_bridge), some held, some closed
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +96,38 @@ def facts_over_ansible(env, inventory, pattern, args):
         assert status.startswith("SUCCESS"), line
         results[alias.strip()] = json.loads(payload)["ansible_facts"]["tcp_state"]
     return results
+
+
+def bridge_connections(lab, client, server, held, closed):
+    """Connections from host ``client`` to a listener on host ``server``'s bridge address (Lab.add_bridge).
+
+    ``held`` stay ESTABLISHED; ``closed`` more are closed by the client first (TIME_WAIT in the client's
+    namespace). Each socket is made inside its host's namespace (setns) and kept by this process.
+    Returns (listener port, [sockets to close when done]).
+    """
+    from ansible_collections.netstate.tcp.plugins.module_utils import _netns  # noqa: PLC0415
+
+    client, server = lab.host(client), lab.host(server)
+    keep = []
+    with _netns.entered(f"/run/netns/{server.name}"):
+        listener = socket.socket()
+        listener.bind((lab.bridge[server.alias], 0))
+        listener.listen(held + closed + 16)
+    keep.append(listener)
+    try:
+        with _netns.entered(f"/run/netns/{client.name}"):
+            clients = [socket.socket() for _i in range(held + closed)]
+        for index, sock in enumerate(clients):
+            sock.settimeout(10)
+            sock.connect(listener.getsockname())
+            accepted, _peer = listener.accept()
+            if index < held:
+                keep += [sock, accepted]
+            else:
+                sock.close()  # the client closes first: TIME_WAIT on its side
+                accepted.close()
+    except BaseException:
+        for sock in keep:
+            sock.close()
+        raise
+    return listener.getsockname()[1], keep

@@ -120,9 +120,17 @@ def test_fin_wait1_stuck_and_orphan_retries(lab):
         assert send_q == sc.report["send_bytes"]["FIN_WAIT1"]
         assert host.sysctl("net.ipv4.tcp_orphan_retries") == "0"
 
-        facts = gather(host)  # default thresholds: 10 sockets are no hoard, the pitfall is info
-        assert "FIN_WAIT1_STUCK" not in by_code(facts)
+        # Default thresholds: 10 sockets are below them, but unsent data on the persist (zero-window) timer
+        # is the hoard's signature: info, and the 0-means-8 pitfall stays info.
+        facts = gather(host)
+        found = by_code(facts)["FIN_WAIT1_STUCK"]
+        assert found["severity"] == "info"
+        assert found["evidence"]["persist"] == count and found["evidence"]["send_bytes"] == send_q
+        assert found["summary"].startswith(f"{count} FIN_WAIT1 sockets hold ")
         assert by_code(facts)["ORPHAN_RETRIES_DEFAULT"]["severity"] == "info"
+
+        # Persisting across the interval, still below the thresholds: warning.
+        assert by_code(gather(host, interval=1))["FIN_WAIT1_STUCK"]["severity"] == "warning"
 
         facts = gather(host, interval=1, thresholds={"fin_wait1_warning": count})
         found = by_code(facts)["FIN_WAIT1_STUCK"]

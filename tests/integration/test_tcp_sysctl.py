@@ -22,6 +22,7 @@ from netstate_lab import Lab
 MODULE = "ansible_collections.netstate.tcp.plugins.modules.tcp_sysctl"
 CONF = "60-netstate-tcp.conf"
 STATE = ".60-netstate-tcp.conf.previous.json"
+LOCK = ".60-netstate-tcp.conf.lock"
 KEYS = (
     "net.ipv4.tcp_fin_timeout",
     "net.ipv4.tcp_keepalive_time",
@@ -92,7 +93,7 @@ def test_default_file_lands_in_the_private_sysctl_dir(host):
     assert result["changed"] is True, result
     assert result["namespace"]["initial"] is False
     assert result["file"] == f"/etc/sysctl.d/{CONF}"
-    assert set(files(host)) == {CONF, STATE}
+    assert set(files(host)) == {CONF, STATE, LOCK}
     assert not Path("/etc/sysctl.d", CONF).exists()
     now = live(host)
     assert now["net.ipv4.tcp_fin_timeout"] == "30"
@@ -211,3 +212,115 @@ def test_absent_restores_exact_previous_values(host):
     assert result["previous"]["net.ipv4.tcp_fin_timeout"] == original[0]["net.ipv4.tcp_fin_timeout"]
     assert snapshot(host) == original
     assert run(host, {"state": "absent"})["changed"] is False
+
+
+# ---- issue 10: locks, faulty directories, a hostile saved state --------------------------------
+
+# Runs inside the lab host, in a private mount namespace of its own (unshare -m): the steps mount a
+# tmpfs, remount it read-only or fill it, and run the module; every mount vanishes with the process.
+MOUNT_DRIVER = r"""
+import json, subprocess, sys
+steps, results = json.loads(sys.argv[1]), []
+for step in steps:
+    if "sh" in step:
+        subprocess.run(["sh", "-c", step["sh"]], check=True)
+        continue
+    payload = json.dumps({"ANSIBLE_MODULE_ARGS": step["module"]})
+    proc = subprocess.run([sys.executable, "-m", sys.argv[2], payload], capture_output=True, text=True)
+    results.append({"stdout": proc.stdout, "stderr": proc.stderr})
+print(json.dumps(results))
+"""
+
+
+def run_in_private_mounts(host, tmp_path, steps):
+    driver = tmp_path / "driver.py"
+    driver.write_text(MOUNT_DRIVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, str(driver)]
+    proc = host.run([*argv, json.dumps(steps), MODULE], env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = []
+    for item in json.loads(proc.stdout):
+        assert "Traceback" not in item["stderr"], item["stderr"]
+        results.append(json.loads(item["stdout"]))
+    return results
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_faulty_dropin_directory_changes_nothing_and_says_so(host, tmp_path, fault):
+    directory = tmp_path / "sysctl.d"
+    directory.mkdir()
+    conf = str(directory / CONF)
+    original = live(host)
+    first = {"net.ipv4.tcp_fin_timeout": 30}
+    second = {"net.ipv4.tcp_fin_timeout": 20, "net.core.somaxconn": 1000}
+    # tmpfs of 1 page: the drop-in fits, a filler file takes the rest
+    make_fault = (
+        f"mount -o remount,ro {directory}"
+        if fault == "read-only"
+        else f"dd if=/dev/zero of={directory}/filler bs=4096 count=64 2>/dev/null || true"
+    )
+    results = run_in_private_mounts(
+        host,
+        tmp_path,
+        [
+            {"sh": f"mount -t tmpfs -o size=8k,mode=0755 netstate-test {directory}"},
+            {"module": {"sysctls": first, "file": conf}},
+            {"sh": make_fault},
+            {"sh": f"cp -a {directory}/{CONF} {tmp_path}/conf.before"},
+            {"module": {"sysctls": second, "file": conf}},
+            {"sh": f"cmp {directory}/{CONF} {tmp_path}/conf.before"},
+            {"sh": f"umount {directory}"},
+        ],
+    )
+    applied, failed = results
+    assert applied["changed"] is True, applied
+    assert failed["failed"] is True, failed
+    assert "ROLLBACK INCOMPLETE" not in failed["msg"], failed["msg"]
+    assert "nothing was changed" in failed["msg"], failed["msg"]
+    assert conf in failed["msg"]
+    now = live(host)
+    assert now["net.ipv4.tcp_fin_timeout"] == "30"  # the first run's value, kept
+    assert now["net.core.somaxconn"] == original["net.core.somaxconn"]
+    host.set_sysctl("net.ipv4.tcp_fin_timeout", original["net.ipv4.tcp_fin_timeout"])
+
+
+def test_saved_state_is_validated_like_user_input(host, tmp_path):
+    # State files that name a path outside /proc/sys (the old code wrote "7" into target).
+    target = tmp_path / "target"
+    target.write_text("5\n")
+    directory = Path(host.sysctl_dir)
+    for name in (f"x.{target}", "net.ipv4.tcp_fin_timeout/../../../tmp", "net.ipv4.tcp_tw_recycle"):
+        (directory / CONF).write_text(f"net.ipv4.tcp_fin_timeout = {live(host)['net.ipv4.tcp_fin_timeout']}\n")
+        (directory / STATE).write_text(json.dumps({"schema": 1, "previous": {name: "7"}}))
+        before = live(host)
+        result = run(host, {"state": "absent"})
+        assert result.get("failed") is True, (name, result)
+        assert STATE in result["msg"] and name.split("/")[0] in result["msg"], result["msg"]
+        assert target.read_text() == "5\n"
+        assert live(host) == before
+        (directory / STATE).unlink()
+    # A host-wide key in the saved state is skipped inside the namespace, as it is in sysctls.
+    (directory / STATE).write_text(json.dumps({"schema": 1, "previous": {"net.ipv4.tcp_max_orphans": "7"}}))
+    result = run(host, {"state": "absent"})
+    assert result["changed"] is True and result["changed_sysctls"] == []
+    assert any("net.ipv4.tcp_max_orphans is global" in str(w) for w in result["warnings"])
+
+
+def test_concurrent_applies_never_corrupt_the_saved_values(host):
+    original = live(host)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for round_number in range(20):
+        procs = []
+        for value in (21, 22):
+            args = {"sysctls": {"net.ipv4.tcp_fin_timeout": value, "net.core.somaxconn": 1000 + value}}
+            payload = json.dumps({"ANSIBLE_MODULE_ARGS": args})
+            argv = host.exec_args([sys.executable, "-m", MODULE, payload])
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert "Traceback" not in err, err
+            assert not json.loads(out).get("failed"), out
+        assert run(host, {"state": "absent"})["changed"] is True
+        assert live(host) == original, f"round {round_number}"
+        assert files(host) == {}

@@ -33,6 +33,7 @@ NETNS_ETC = "/etc/netns"
 PREFIX = "nsl-"
 RUN_ID_RE = re.compile(r"^(nsl-[0-9a-f]{6})(?:-|$)")
 STATE_FILE = "lab.json"
+BRIDGE_NAME = "nslbr0"
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOOL_PACKAGES = {
@@ -46,7 +47,7 @@ TOOL_PACKAGES = {
 }
 BASE_TOOLS = ("ip",)
 SSH_TOOLS = ("ss", "sshd", "ssh-keygen", "socat")
-SCENARIO_TOOLS = {"syn_recv": ("nft",)}
+SCENARIO_TOOLS = {"syn_recv": ("nft",), "conntrack": ("nft",)}
 
 
 class LabError(Exception):
@@ -360,7 +361,7 @@ class LabHost:
         ]
         if port:
             cmd += ["--port", str(int(port))]
-        if kind == "syn_recv":
+        if kind in ("syn_recv", "conntrack"):
             cmd += ["--nft", shutil.which("nft")]
         for key, value in sorted(options.items()):
             if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block"):
@@ -480,6 +481,7 @@ class Lab:
         self.destroyed = False
         self._procs = []
         self.unreachable = []
+        self.bridge = {}  # alias -> address on the shared bridge (add_bridge)
 
     # ---- paths
     @property
@@ -844,6 +846,38 @@ class Lab:
             if (sd["pid"], sd["start"]) not in known:
                 with contextlib.suppress(LabError):
                     self.scenarios.append(_scenario_from(self.host(sd["host"]), sd, {}))
+
+    # ---- shared bridge
+    def add_bridge(self, aliases=None):
+        """Put hosts on one Ethernet segment; returns {alias: IPv4 address}.
+
+        A bridge ``nslbr0`` in the first host's namespace with that host's address on it, and a veth
+        pair from it to ``eth-lab`` in each other host. Addresses are ``198.18.0.0/15`` (RFC 2544
+        benchmarking range, never routed), one /24 per run chosen from the run id, ``.1``, ``.2``...
+        in host order. Everything lives inside the lab's namespaces: destroying them removes it.
+        """
+        hosts = [self.host(alias) for alias in aliases] if aliases else list(self.hosts)
+        if len(hosts) < 2 or len({h.name for h in hosts}) != len(hosts):
+            raise LabError(f"a bridge needs at least two distinct hosts, got {[h.alias for h in hosts]}")
+        if self.bridge:
+            raise LabError(f"lab {self.run_id} already has a bridge: {self.bridge}")
+        block = int(self.run_id[len(PREFIX) :], 16) % 512
+        net = f"198.{18 + block // 256}.{block % 256}"
+        first = hosts[0]
+        _run(["ip", "-n", first.name, "link", "add", BRIDGE_NAME, "type", "bridge"])
+        _run(["ip", "-n", first.name, "addr", "add", f"{net}.1/24", "dev", BRIDGE_NAME])
+        _run(["ip", "-n", first.name, "link", "set", BRIDGE_NAME, "up"])
+        addresses = {first.alias: f"{net}.1"}
+        for index, h in enumerate(hosts[1:], 2):
+            port = f"nslv{index}"
+            veth = ["type", "veth", "peer", "name", "eth-lab", "netns", h.name]
+            _run(["ip", "-n", first.name, "link", "add", port, *veth])
+            _run(["ip", "-n", first.name, "link", "set", port, "master", BRIDGE_NAME, "up"])
+            _run(["ip", "-n", h.name, "addr", "add", f"{net}.{index}/24", "dev", "eth-lab"])
+            _run(["ip", "-n", h.name, "link", "set", "eth-lab", "up"])
+            addresses[h.alias] = f"{net}.{index}"
+        self.bridge = addresses
+        return dict(addresses)
 
     # ---- destroy
     def destroy(self):

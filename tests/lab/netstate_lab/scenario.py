@@ -54,6 +54,7 @@ KINDS = (
     "syn_recv",
     "established",
     "mix",
+    "conntrack",
 )
 
 DEFAULT_COUNTS = {
@@ -65,6 +66,7 @@ DEFAULT_COUNTS = {
     "syn_recv": 20,
     "established": 50,
     "mix": 300000,
+    "conntrack": 20,
 }
 
 COMMS = {
@@ -76,6 +78,7 @@ COMMS = {
     "syn_recv": "nsl-syn-recv",
     "established": "nsl-established",
     "mix": "nsl-mix",
+    "conntrack": "nsl-conntrack",
 }
 
 # Seconds the kernel keeps a state by itself with default sysctls (TIME_WAIT is fixed at 60 s).
@@ -505,6 +508,22 @@ def sc_listen_overflow(args, deadline):
     return report, [lsock, clients], None
 
 
+def nft_input_table(nft, table, rule, priority=0):
+    """Add nftables table ``inet <table>`` with one input-hook rule in this namespace; returns its cleanup."""
+    rules = (
+        f"table inet {table} {{\n chain input {{\n  type filter hook input priority {priority}; policy accept;\n"
+        f"  {rule}\n }}\n}}\n"
+    )
+    res = subprocess.run([nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
+    if res.returncode:
+        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
+
+    def cleanup():
+        subprocess.run([nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
+
+    return cleanup
+
+
 def sc_syn_recv(args, deadline):
     count = args.count
     if not args.nft:
@@ -516,17 +535,8 @@ def sc_syn_recv(args, deadline):
     lsock = listener(args.port, backlog=min(somaxconn, count + 64))
     port = lsock.getsockname()[1]
     table = f"nsl_synrecv_{os.getpid()}"
-    rules = (
-        f"table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
-        f"  ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop\n }}\n}}\n"
-    )
-    res = subprocess.run([args.nft, "-f", "-"], input=rules, text=True, capture_output=True, timeout=30, check=False)
-    if res.returncode:
-        raise ScenarioFailed(f"nft failed: {res.stderr.strip()}")
-
-    def cleanup():
-        subprocess.run([args.nft, "delete", "table", "inet", table], capture_output=True, timeout=30, check=False)
-
+    rule = f"ip daddr {SERVER_ADDR} tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop"
+    cleanup = nft_input_table(args.nft, table, rule, priority=-10)
     try:
         sources = Sources(args.block)
         clients = []
@@ -561,6 +571,79 @@ def sc_established(args, deadline):
     observed = wait_for_counts([port], expected, deadline)
     report = {"ports": {"server": [port]}, "expected": expected, "observed": observed}
     return report, [lsock, pairs], None
+
+
+def proc_conntrack(port, path="/proc/net/nf_conntrack"):
+    """{TCP conntrack state: entries} of this namespace's table whose original destination port is ``port``.
+
+    None when the kernel has no /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS off).
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    counts = {}
+    for line in lines:
+        fields = line.split()
+        # "ipv4 2 tcp 6 <ttl> <STATE> src=.. dst=.. sport=.. dport=.. ...": the first dport is the original's
+        if len(fields) < 6 or fields[2] != "tcp":
+            continue
+        dport = next((f for f in fields if f.startswith("dport=")), None)
+        if dport == f"dport={port}":
+            counts[fields[5]] = counts.get(fields[5], 0) + 1
+    return counts
+
+
+def sc_conntrack(args, deadline):
+    """N ESTABLISHED, N TIME_WAIT and N CLOSE_WAIT connections that nf_conntrack tracks in this namespace.
+
+    nf_conntrack tracks a namespace's packets only once a rule there uses it: an nftables
+    ``ct state`` rule (which accepts everything) registers the conntrack hooks.
+    """
+    count = args.count
+    if not args.nft:
+        raise ScenarioFailed("conntrack needs nft (nftables) for a ct state rule; nft was not found")
+    changed = ensure_tw_buckets(count + 1000)
+    raise_nofile(6 * count + 256)
+    table = f"nsl_ct_{os.getpid()}"
+    cleanup = nft_input_table(args.nft, table, "ct state established,related,new counter accept")
+    try:
+        lsock = listener(args.port)
+        port = lsock.getsockname()[1]
+        sources = Sources(args.block)
+        established = make_pairs(lsock, sources, count, deadline, "connecting")
+        churn_time_wait(lsock, sources, count, deadline)
+        half_closed = make_pairs(lsock, sources, count, deadline, "connecting")
+        for c, _srv in half_closed:
+            c.shutdown(socket.SHUT_WR)  # FIN from the client, ACKed by the server: CLOSE_WAIT on both sides
+        expected = {"ESTABLISHED": 2 * count, "TIME_WAIT": count, "CLOSE_WAIT": count, "FIN_WAIT2": count, "LISTEN": 1}
+        observed = wait_for_counts([port], expected, deadline)
+        expected_ct = {"ESTABLISHED": count, "TIME_WAIT": count, "CLOSE_WAIT": count}
+        end = min(time.monotonic() + 10, deadline.end)
+        observed_ct = proc_conntrack(port)
+        while observed_ct is not None and observed_ct != expected_ct and time.monotonic() < end:
+            time.sleep(0.05)
+            observed_ct = proc_conntrack(port)
+        if observed_ct is not None and observed_ct != expected_ct:
+            raise ScenarioFailed(f"conntrack states never reached: expected {expected_ct}, table shows {observed_ct}")
+    except BaseException:
+        cleanup()
+        raise
+    report = {
+        "ports": {"server": [port]},
+        "expected": expected,
+        "observed": observed,
+        "expected_conntrack": expected_ct,
+        "observed_conntrack": observed_ct,
+        "nft_table": f"inet {table}",
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60, "conntrack TIME_WAIT": 120, "conntrack CLOSE_WAIT": 60},
+        "notes": "conntrack entries (one per connection): ESTABLISHED for the idle pairs, TIME_WAIT for the churned "
+        "ones, CLOSE_WAIT for the half-closed ones; the kernel expires conntrack CLOSE_WAIT after "
+        "nf_conntrack_tcp_timeout_close_wait (60 s) and TIME_WAIT after ..._time_wait (120 s)",
+    }
+    return report, [lsock, established, half_closed], cleanup
 
 
 def mix_plan(total, workers):
@@ -684,6 +767,7 @@ SCENARIOS = {
     "syn_recv": sc_syn_recv,
     "established": sc_established,
     "mix": sc_mix,
+    "conntrack": sc_conntrack,
 }
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

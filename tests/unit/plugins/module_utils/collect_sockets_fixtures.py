@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections import Counter
+
+from netlink_chunks import read_chunk_file
 
 from netstate_lab.ss import SS_LABEL_TO_STATE
 
@@ -28,15 +29,7 @@ def path(name, *parts):
 
 def read_chunks(name, family):
     """The recorded datagrams of one dump: a list of bytes, exactly as recv() returned them."""
-    chunks = []
-    with open(path(name, f"{family}.chunks"), "rb") as fh:
-        data = fh.read()
-    off = 0
-    while off < len(data):
-        (length,) = struct.unpack_from("<I", data, off)
-        chunks.append(data[off + 4 : off + 4 + length])
-        off += 4 + length
-    return chunks
+    return read_chunk_file(path(name, f"{family}.chunks"))
 
 
 def read_text(name, filename):

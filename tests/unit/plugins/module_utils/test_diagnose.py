@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.netstate.tcp.plugins.doc_fragments.thresholds import ModuleDocFragment
 from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose as diag
+from ansible_collections.netstate.tcp.plugins.module_utils import _remediation
+from ansible_collections.netstate.tcp.plugins.module_utils._collect_system import ORPHAN_RETRIES_ZERO_MEANS
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import (
     CODES,
     DEFAULT_THRESHOLDS,
@@ -29,6 +31,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import (
     severity_rank,
     validate_thresholds,
 )
+from ansible_collections.netstate.tcp.plugins.plugin_utils import _fleet_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
 CASES = ("clean", "close_wait_leak", "time_wait_churn", "fin_wait1_zero_window", "listen_overflow", "syn_recv")
@@ -48,6 +51,54 @@ def by_code(findings):
     return {f["code"]: f for f in findings}
 
 
+def with_traced_churn(facts, rep, seconds=5.0):
+    """A churn block as tcp_state_facts `trace` reports it (DESIGN.md `churn`), added to a recorded fixture.
+
+    The trace collector (h7) is not recorded yet: the block is built from the scenario's own report,
+    whose process made rep["count"] connections to its server port and closed each one first.
+    """
+    port = rep["ports"]["server"][0]
+    closes = rep["count"]
+    facts["churn"] = {
+        "source": "tracefs",
+        "seconds": seconds,
+        "events": 2 * closes,
+        "lost_events": 0,
+        "processes": [
+            {
+                "pid": rep["pid"],
+                "comm": rep["comm"],
+                "cmdline": "python -m netstate_lab.scenario",
+                "user": "root",
+                "container": None,
+                "netns": {"inode": facts["namespace"]["inode"], "name": facts["namespace"]["name"]},
+                "connects": closes,
+                "active_closes": closes,
+                "passive_closes": 0,
+                "connects_per_second": closes / seconds,
+                "active_closes_per_second": closes / seconds,
+                "top_peers": [{"address": "127.0.0.1", "port": port, "count": closes}],
+            }
+        ],
+        "peers": [{"address": "127.0.0.1", "port": port, "connects": closes, "active_closes": closes}],
+    }
+    return facts
+
+
+def with_conntrack(facts, count, limit=262144, available=True):
+    """A conntrack block (DESIGN.md `conntrack`) added to a recorded fixture; the collector (h8) is not recorded
+    yet. States are split as a TIME_WAIT churn fills the table; timeouts are the kernel's defaults."""
+    facts["conntrack"] = {
+        "available": available,
+        "count": count if available else None,
+        "max": limit if available else None,
+        "ratio": round(count / limit, 4) if available else None,
+        "states": {"ESTABLISHED": count // 10, "TIME_WAIT": count - count // 10, "CLOSE_WAIT": 0},
+        "timeouts": {"time_wait": 120, "close_wait": 60, "established": 432000},
+    }
+    return facts
+
+
 def worst(findings):
     return max((severity_rank(f["severity"]) for f in findings), default=-1)
 
@@ -62,6 +113,8 @@ def check_shape(findings):
         assert f["remediation"]["kind"] in diag.REMEDIATION_KINDS
         assert isinstance(f["remediation"]["text"], str) and f["remediation"]["text"]
         assert isinstance(f["remediation"]["sysctls"], dict)
+        profile = f["remediation"]["profile"]
+        assert profile == (_remediation.FINDING_PROFILES.get(f["code"]) if f["remediation"]["sysctls"] else None)
         json.dumps(f)  # facts must serialize
     ranks = [(-severity_rank(f["severity"]), CODES.index(f["code"])) for f in findings]
     assert ranks == sorted(ranks), "findings are not sorted worst first"
@@ -129,14 +182,42 @@ def test_recorded_listen_overflow_with_interval_uses_growth():
     assert "LISTEN_OVERFLOW" not in by_code(diagnose(facts)), "old counters that did not grow are not a finding"
 
 
-def test_recorded_fin_wait1_below_defaults_gives_only_the_retries_pitfall():
+def test_recorded_fin_wait1_below_thresholds_is_the_zero_window_signature_at_info():
+    # Issue 11 item 5: a few FIN_WAIT1 sockets on the persist timer with unsent data are the hoard's signature.
     facts, rep = load("fin_wait1_zero_window"), report("fin_wait1_zero_window")
     assert rep["count"] < DEFAULT_THRESHOLDS["fin_wait1_warning"]
     assert rep["send_bytes"]["FIN_WAIT1"] < DEFAULT_THRESHOLDS["fin_wait1_bytes_warning"]
     findings = by_code(diagnose(facts))
-    assert "FIN_WAIT1_STUCK" not in findings
+    found = findings["FIN_WAIT1_STUCK"]
+    assert found["severity"] == "info"
+    assert found["evidence"]["below_thresholds"] is True
+    assert found["evidence"]["persist"] == rep["timers"]["FIN_WAIT1"]["persist"] > 0
+    summary = found["summary"]
+    assert summary.startswith(f"{rep['count']} FIN_WAIT1 sockets hold ")
+    assert diag._human_bytes(rep["send_bytes"]["FIN_WAIT1"]) in summary
+    peer = facts["top"]["by_peer"]["FIN_WAIT1"][0]
+    assert f"top peers {peer['address']} ({peer['count']})" in summary
+    assert found["remediation"]["sysctls"] == {"net.ipv4.tcp_orphan_retries": _remediation.ORPHAN_RETRIES}
+    # Info is no FIN_WAIT1 trouble yet: the 0-means-8 pitfall stays info.
     assert facts["sysctls"]["net.ipv4.tcp_orphan_retries"] == 0
     assert findings["ORPHAN_RETRIES_DEFAULT"]["severity"] == "info"
+
+
+def test_recorded_fin_wait1_zero_window_persisting_across_the_interval_is_a_warning():
+    facts = load("fin_wait1_zero_window_interval")
+    assert 0 < facts["persistent"]["FIN_WAIT1"]["count"] < DEFAULT_THRESHOLDS["fin_wait1_warning"]
+    found = by_code(diagnose(facts))["FIN_WAIT1_STUCK"]
+    assert found["severity"] == "warning"
+    assert f"{facts['persistent']['FIN_WAIT1']['count']} still there after the interval" in found["summary"]
+    # Without the persist timer (peers reading again) the same few sockets are no signature.
+    facts["timers"]["FIN_WAIT1"].update(persist=0, zero_window=0)
+    assert "FIN_WAIT1_STUCK" not in by_code(diagnose(facts))
+
+
+def test_fin_wait1_zero_window_needs_unsent_data():
+    facts = load("fin_wait1_zero_window")
+    facts["queues"]["FIN_WAIT1"]["send_bytes"] = 0
+    assert "FIN_WAIT1_STUCK" not in by_code(diagnose(facts))
 
 
 def test_recorded_fin_wait1_stuck_at_scenario_scale():
@@ -180,7 +261,11 @@ def test_fin_wait1_caps_orphans_in_the_initial_namespace():
     found = by_code(diagnose(facts))["FIN_WAIT1_STUCK"]
     assert found["severity"] == "critical"
     cap = found["remediation"]["sysctls"]["net.ipv4.tcp_max_orphans"]
-    assert 0 < cap < limit
+    assert cap == _remediation.profile_value("orphans", "net.ipv4.tcp_max_orphans") < limit
+    assert found["remediation"]["profile"] == "orphans"
+    # A host already capped lower keeps its cap: the catalog value would raise it.
+    facts["sysctls"]["net.ipv4.tcp_max_orphans"] = cap // 2
+    assert "net.ipv4.tcp_max_orphans" not in by_code(diagnose(facts))["FIN_WAIT1_STUCK"]["remediation"]["sysctls"]
 
 
 def test_recorded_syn_recv_per_listener_ratio():
@@ -306,6 +391,8 @@ def test_time_wait_boundaries(count, expected):
 @pytest.mark.parametrize(("count", "expected"), _boundaries(100, 1000))
 def test_fin_wait1_count_boundaries(count, expected):
     facts = load("fin_wait1_zero_window")
+    # Off the persist timer: the thresholds alone decide (below them the zero-window signature gives info).
+    facts["timers"]["FIN_WAIT1"].update(persist=0, zero_window=0)
     facts["states"]["FIN_WAIT1"] = count
     found = by_code(diagnose(facts))
     assert (found["FIN_WAIT1_STUCK"]["severity"] if "FIN_WAIT1_STUCK" in found else None) == expected
@@ -313,6 +400,7 @@ def test_fin_wait1_count_boundaries(count, expected):
 
 def test_fin_wait1_bytes_boundaries():
     facts = load("fin_wait1_zero_window")
+    facts["timers"]["FIN_WAIT1"].update(persist=0, zero_window=0)  # the thresholds alone decide
     held = facts["queues"]["FIN_WAIT1"]["send_bytes"]
     levels = {"fin_wait1_bytes_warning": held, "fin_wait1_bytes_critical": held * 2}
     assert by_code(diagnose(facts, levels))["FIN_WAIT1_STUCK"]["severity"] == "warning"
@@ -460,7 +548,9 @@ def test_orphan_retries_default_needs_closing_sockets():
     facts["states"]["LAST_ACK"] = 1
     found = by_code(diagnose(facts))["ORPHAN_RETRIES_DEFAULT"]
     assert found["severity"] == "info"
-    assert found["evidence"]["effective"] == 8
+    assert found["evidence"]["effective"] == facts["effective"]["tcp_orphan_retries"] == ORPHAN_RETRIES_ZERO_MEANS
+    assert found["remediation"]["sysctls"] == {"net.ipv4.tcp_orphan_retries": _remediation.ORPHAN_RETRIES}
+    assert found["remediation"]["profile"] == "orphans"
     facts["sysctls"]["net.ipv4.tcp_orphan_retries"] = 3
     assert "ORPHAN_RETRIES_DEFAULT" not in by_code(diagnose(facts))
 
@@ -515,8 +605,17 @@ def _paths(obj, prefix=()):
             yield from _paths(value, (*prefix, index))
 
 
-BASES = {case: load(case) for case in (*CASES, "initial_ns", "listen_overflow_interval")}
+BASES = {case: load(case) for case in (*CASES, "initial_ns", "listen_overflow_interval", "mix_established_owners")}
+BASES["traced_churn"] = with_traced_churn(load("time_wait_churn"), report("time_wait_churn"))
+BASES["conntrack"] = with_conntrack(load("clean"), 250000)
 PATHS = {case: list(_paths(facts)) for case, facts in BASES.items()}
+
+
+def _owner_pid_is_a_list():
+    # Found by hypothesis (issue 9): an owner's pid as a list made diagnose() raise TypeError (unhashable).
+    facts = load("close_wait_leak")
+    facts["owners"]["CLOSE_WAIT"][0]["pid"] = [0]
+    return facts
 
 
 @st.composite
@@ -542,6 +641,7 @@ def damaged_facts(draw):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damaged_facts())
+@example(_owner_pid_is_a_list())
 def test_diagnose_never_raises_on_damaged_facts(facts):
     check_shape(diagnose(facts))
 
@@ -643,3 +743,318 @@ def test_doc_fragment_documents_every_key_with_its_default():
         default = line[line.index("default C(") + len("default C(") :].split(")", 1)[0]
         documented[key] = default
     assert documented == {key: str(value) for key, value in DEFAULT_THRESHOLDS.items()}
+
+
+# ---- hostile field types ------------------------------------------------------
+
+# Every kind of value a field can wrongly hold, nested ones included.
+WRONG_TYPES = st.one_of(
+    JUNK,
+    st.lists(st.lists(st.integers(), max_size=2), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.lists(st.integers(), max_size=2), max_size=2),
+)
+
+# The entries findings read field by field: owners, listeners, top lists, churn and conntrack blocks.
+ENTRY_FIELDS = {
+    ("owners", "CLOSE_WAIT"): ("pid", "comm", "cmdline", "user", "container", "sockets"),
+    ("owners", "ESTABLISHED"): ("pid", "comm", "container", "sockets"),
+    ("listeners",): ("local", "accept_queue", "backlog", "fill", "owner"),
+    ("top", "by_local_port", "TIME_WAIT"): ("port", "count"),
+    ("top", "by_peer", "TIME_WAIT"): ("address", "count", "scope"),
+    ("top", "by_peer_endpoint", "TIME_WAIT"): ("address", "port", "count"),
+    ("churn", "processes"): ("pid", "comm", "container", "active_closes", "active_closes_per_second", "top_peers"),
+}
+
+
+@st.composite
+def facts_with_wrongly_typed_entries(draw):
+    facts = with_conntrack(with_traced_churn(load("close_wait_leak"), report("time_wait_churn")), 240000)
+    facts["states"]["TIME_WAIT"] = DEFAULT_THRESHOLDS["time_wait_warning"]
+    facts["top"]["by_peer_endpoint"] = {"TIME_WAIT": [{"address": "127.0.0.1", "port": 1, "count": 1}]}
+    facts["owners"]["ESTABLISHED"] = [{"pid": 1, "comm": "x", "container": None, "sockets": 1}]
+    for path, fields in ENTRY_FIELDS.items():
+        entries = diag._get(facts, *path)
+        for entry in entries if isinstance(entries, list) else []:
+            for field in fields:
+                if draw(st.booleans()):
+                    entry[field] = draw(WRONG_TYPES)
+    for field in ("count", "max", "ratio", "states", "timeouts", "available"):
+        if draw(st.booleans()):
+            facts["conntrack"][field] = draw(WRONG_TYPES)
+    return facts
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(facts_with_wrongly_typed_entries())
+@example(_owner_pid_is_a_list())
+def test_diagnose_validates_every_field_it_reads(facts):
+    check_shape(diagnose(facts))
+
+
+def test_owner_and_listener_pids_that_are_not_numbers_name_nobody():
+    facts = _owner_pid_is_a_list()
+    facts["listeners"][0]["owner"]["pid"] = {"a": 1}
+    found = by_code(diagnose(facts))["CLOSE_WAIT_LEAK"]
+    assert [o["pid"] for o in found["evidence"]["owners"]] == [None]
+    assert found["evidence"]["owner_listeners"] == []
+
+
+# ---- one remediation table -----------------------------------------------------
+
+# Every threshold at 0: each finding whose figures exist is raised, so its recommendation is checked.
+SENSITIVE = {key: 0 for key in THRESHOLD_SPEC}
+RECORDED = sorted(p.name[4:-5] for p in FIXTURES.glob("lab_*.json") if not p.name.endswith(".report.json"))
+
+
+@pytest.mark.parametrize("case", RECORDED)
+@pytest.mark.parametrize("thresholds", [None, SENSITIVE], ids=["defaults", "sensitive"])
+def test_recommended_sysctls_are_the_catalog_values(case, thresholds):
+    recommending = set()
+    for facts in (load(case), with_conntrack(load(case), 250000)):
+        for finding in diagnose(facts, thresholds):
+            sysctls, profile = finding["remediation"]["sysctls"], finding["remediation"]["profile"]
+            if finding["code"] in _remediation.MANUAL_SYSCTLS:
+                assert sysctls == _remediation.MANUAL_SYSCTLS[finding["code"]]
+                assert profile is None
+                continue
+            if sysctls:
+                recommending.add(finding["code"])
+                assert profile == _remediation.FINDING_PROFILES[finding["code"]]
+            for name, value in sysctls.items():
+                assert value == _remediation.profile_value(profile, name), (finding["code"], name)
+    if thresholds is SENSITIVE and case in ("fin_wait1_zero_window", "time_wait_churn", "syn_recv"):
+        assert recommending, "the sensitive run must recommend something on this fixture"
+
+
+def test_catalog_knows_how_each_of_its_values_improves():
+    for body in _remediation.PROFILES.values():
+        for name in body["sysctls"]:
+            assert name in _remediation.IMPROVES_WHEN, name
+    assert set(_remediation.FINDING_PROFILES) <= set(CODES)
+    assert set(_remediation.MANUAL_SYSCTLS) <= set(CODES)
+
+
+def test_findings_never_recommend_a_worse_value():
+    # somaxconn already 65535: the catalog's 8192 would lower it.
+    facts = load("listen_overflow")
+    facts["sysctls"]["net.core.somaxconn"] = 65535
+    facts["listeners"][0].update(backlog=65535, accept_queue=65536, fill=65536 / 65535)
+    assert by_code(diagnose(facts))["LISTEN_OVERFLOW"]["remediation"]["sysctls"] == {}
+    # tcp_max_tw_buckets already above the catalog's 262144.
+    facts = load("time_wait_churn")
+    facts["pressure"]["time_wait"].update(limit=300000, ratio=1.0)
+    found = by_code(diagnose(facts))["TW_BUCKET_OVERFLOW"]
+    assert found["remediation"]["sysctls"] == {} and found["remediation"]["profile"] is None
+    # An explicit tcp_orphan_retries below the catalog's.
+    facts = load("fin_wait1_zero_window")
+    facts["sysctls"]["net.ipv4.tcp_orphan_retries"] = 1
+    facts["effective"]["tcp_orphan_retries"] = 1
+    assert by_code(diagnose(facts))["FIN_WAIT1_STUCK"]["remediation"]["sysctls"] == {}
+
+
+def test_findings_recommend_the_roles_values_where_they_improve():
+    # Issue 9: findings recommended tcp_orphan_retries 3, 2x tcp_max_tw_buckets and 2x somaxconn.
+    facts = load("listen_overflow")
+    somaxconn = facts["sysctls"]["net.core.somaxconn"]
+    facts["listeners"][0].update(backlog=somaxconn, accept_queue=somaxconn + 1, fill=(somaxconn + 1) / somaxconn)
+    found = by_code(diagnose(facts))["LISTEN_OVERFLOW"]
+    assert (
+        found["remediation"]["sysctls"]["net.core.somaxconn"]
+        == 8192
+        == (_remediation.profile_value("listen_backlog", "net.core.somaxconn"))
+    )
+    assert found["remediation"]["profile"] == "listen_backlog"
+    facts = load("time_wait_churn")
+    facts["pressure"]["time_wait"].update(limit=600, ratio=1.0)
+    found = by_code(diagnose(facts))["TW_BUCKET_OVERFLOW"]
+    assert found["remediation"]["sysctls"] == {"net.ipv4.tcp_max_tw_buckets": 262144}
+    assert found["remediation"]["profile"] == "time_wait"
+    found = by_code(diagnose(load("fin_wait1_zero_window"), {"fin_wait1_warning": 20}))["FIN_WAIT1_STUCK"]
+    assert found["remediation"]["sysctls"]["net.ipv4.tcp_orphan_retries"] == _remediation.ORPHAN_RETRIES == 2
+
+
+def test_ephemeral_port_pressure_widens_the_range_only_when_narrower():
+    facts = load("time_wait_churn")
+    facts["pressure"]["ephemeral_ports"].update(in_use=20000, ratio=20000 / 28232)
+    sysctls = by_code(diagnose(facts))["EPHEMERAL_PORT_PRESSURE"]["remediation"]["sysctls"]
+    assert sysctls["net.ipv4.ip_local_port_range"] == [10240, 65000]
+    facts["sysctls"]["net.ipv4.ip_local_port_range"] = [1024, 65535]
+    sysctls = by_code(diagnose(facts))["EPHEMERAL_PORT_PRESSURE"]["remediation"]["sysctls"]
+    assert "net.ipv4.ip_local_port_range" not in sysctls
+
+
+def test_severity_order_is_shared():
+    assert diag.worst_severity([None, "info", "critical", "warning"]) == "critical"
+    assert diag.worst_severity([None]) is None
+    assert [_fleet_report.SEVERITY_RANK[name] for name in SEVERITIES] == [severity_rank(n) + 1 for n in SEVERITIES]
+    with pytest.raises(ValueError):
+        severity_rank(["critical"])
+
+
+# ---- TW_BUCKET_OVERFLOW counts every timewait socket ---------------------------
+
+
+def test_recorded_fin_wait2_orphans_are_timewait_sockets_not_time_wait():
+    # Issue 10 item 11: sockstat tw (the count against tcp_max_tw_buckets) includes orphaned FIN_WAIT2
+    # sockets kept as timewait minisockets; the socket dump shows them as FIN_WAIT2.
+    facts, rep = load("fin_wait2_orphans"), report("fin_wait2_orphans")
+    count = rep["expected"]["FIN_WAIT2"]
+    assert facts["sockstat"]["tcp_tw"] == facts["pressure"]["time_wait"]["count"] == count
+    assert facts["states"]["TIME_WAIT"] == 0
+    # As if tcp_max_tw_buckets were lowered to these sockets.
+    facts["pressure"]["time_wait"].update(limit=count, ratio=1.0)
+    found = by_code(diagnose(facts))["TW_BUCKET_OVERFLOW"]
+    assert f"{count} TIME_WAIT sockets" not in found["summary"]
+    assert found["summary"].startswith(f"{count} timewait sockets (TIME_WAIT and orphaned FIN_WAIT2; 0 in TIME_WAIT)")
+    assert found["evidence"]["time_wait_state"] == 0
+    assert found["evidence"]["counted_by"] == "sockstat tw"
+
+
+def test_tw_bucket_without_sockstat_counts_time_wait_sockets():
+    facts = load("time_wait_churn")
+    facts["sockstat"]["tcp_tw"] = None  # the collector then counts TIME_WAIT sockets
+    facts["pressure"]["time_wait"].update(limit=600, ratio=1.0)
+    found = by_code(diagnose(facts))["TW_BUCKET_OVERFLOW"]
+    assert found["summary"].startswith("600 TIME_WAIT sockets of tcp_max_tw_buckets 600")
+
+
+# ---- TIME_WAIT_CHURN: who closes first -----------------------------------------
+
+TW_LOW = {"time_wait_warning": 1}
+
+
+def test_recorded_time_wait_churn_basis_unknown_says_trace_would_name_it():
+    facts = load("time_wait_churn")
+    found = by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]
+    # Client-side TIME_WAIT on ephemeral source ports, no ESTABLISHED sockets left: nothing to infer from.
+    assert found["evidence"]["basis"] == "unknown"
+    assert found["evidence"]["churners"] == []
+    assert "unknown" in found["summary"] and "trace" in found["summary"]
+
+
+def test_traced_churn_names_the_process_that_closes_first():
+    rep = report("time_wait_churn")
+    facts = with_traced_churn(load("time_wait_churn"), rep)
+    found = by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]
+    evidence = found["evidence"]
+    assert evidence["basis"] == "traced"
+    [churner] = evidence["churners"]
+    assert (churner["pid"], churner["comm"], churner["container"]) == (rep["pid"], rep["comm"], None)
+    assert churner["active_closes_per_second"] == rep["count"] / 5.0
+    assert churner["top_peers"] == [{"address": "127.0.0.1", "port": rep["ports"]["server"][0], "count": rep["count"]}]
+    assert (
+        f"closed first by pid {rep['pid']} ({rep['comm']}) 120/s to 127.0.0.1:{rep['ports']['server'][0]}"
+        in (found["summary"])
+    )
+    # Only processes that closed first are churners; without tracefs the finding falls back.
+    facts["churn"]["processes"][0]["active_closes"] = 0
+    assert by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]["evidence"]["basis"] == "unknown"
+    facts = with_traced_churn(load("time_wait_churn"), rep)
+    facts["churn"]["source"] = None
+    assert by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]["evidence"]["basis"] == "unknown"
+
+
+def test_time_wait_on_a_listening_port_names_the_listener_owner():
+    rep = report("time_wait_churn")
+    facts = load("time_wait_churn")
+    listener = facts["listeners"][0]
+    port = rep["ports"]["server"][0]
+    assert listener["local"] == f"127.0.0.1:{port}"
+    # As a server-side close leaves them: the TIME_WAIT sockets on the listener's port.
+    facts["top"]["by_local_port"]["TIME_WAIT"] = [{"port": port, "count": rep["count"]}]
+    found = by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]
+    assert found["evidence"]["basis"] == "listener"
+    [closer] = found["evidence"]["listeners"]
+    assert closer["owner"]["pid"] == rep["pid"] and closer["time_wait"] == rep["count"]
+    assert f"listening port 127.0.0.1:{port} of pid {rep['pid']} ({rep['comm']})" in found["summary"]
+    assert "trace" in found["summary"]
+    assert found["evidence"]["direction"] == "incoming"
+
+
+def _mix_with_peer_endpoints():
+    """lab_mix_established_owners with top.by_peer_endpoint (the key h1 adds to the collector).
+
+    Each mix worker connected ESTABLISHED pairs to its first listener and churned TIME_WAIT towards the same
+    listener; those listener ports are the ESTABLISHED local ports holding a quarter of the pairs each.
+    """
+    facts = load("mix_established_owners")
+    listening = {int(lst["local"].rsplit(":", 1)[1]) for lst in facts["listeners"]}
+    targets = [p for p in facts["top"]["by_local_port"]["ESTABLISHED"] if p["port"] in listening]
+    tw_each = facts["states"]["TIME_WAIT"] // len(targets)
+    facts["top"]["by_peer_endpoint"] = {
+        "TIME_WAIT": [
+            {"address": "127.0.0.1", "port": p["port"], "count": tw_each, "scope": "loopback"} for p in targets
+        ],
+        "ESTABLISHED": [
+            {"address": "127.0.0.1", "port": p["port"], "count": p["count"], "scope": "loopback"} for p in targets
+        ],
+    }
+    return facts, targets
+
+
+def test_established_peers_basis_names_the_owners_as_candidates():
+    facts, targets = _mix_with_peer_endpoints()
+    found = by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]
+    evidence = found["evidence"]
+    assert evidence["basis"] == "established_peers"
+    assert evidence["established_to_peer"] == targets[0]["count"]
+    owners = facts["owners"]["ESTABLISHED"]
+    assert {c["pid"] for c in evidence["candidates"]} == {o["pid"] for o in owners}
+    assert f"go to 127.0.0.1:{targets[0]['port']} too (candidates: pid " in found["summary"]
+    assert "trace" in found["summary"]
+    # Without the owners scan of ESTABLISHED: the basis holds, the summary says how to name them.
+    del facts["owners"]["ESTABLISHED"]
+    found = by_code(diagnose(facts, TW_LOW))["TIME_WAIT_CHURN"]
+    assert found["evidence"]["basis"] == "established_peers" and found["evidence"]["candidates"] == []
+    assert "owners including ESTABLISHED" in found["summary"]
+
+
+def test_recorded_mix_without_peer_endpoints_is_unknown():
+    found = by_code(diagnose(load("mix_established_owners"), TW_LOW))["TIME_WAIT_CHURN"]
+    assert found["evidence"]["basis"] == "unknown"
+
+
+# ---- CONNTRACK_TABLE_PRESSURE ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("share", "expected"), [(0.74, None), (0.75, "warning"), (0.89, "warning"), (0.9, "critical")])
+def test_conntrack_boundaries(share, expected):
+    limit = 262144
+    facts = with_conntrack(load("clean"), round(limit * share), limit)
+    facts["conntrack"]["ratio"] = share
+    found = by_code(diagnose(facts))
+    assert (found["CONNTRACK_TABLE_PRESSURE"]["severity"] if "CONNTRACK_TABLE_PRESSURE" in found else None) == expected
+
+
+def test_conntrack_names_the_filling_states_timeouts_and_the_kernel_message():
+    facts = with_conntrack(load("clean"), 240000)
+    found = by_code(diagnose(facts))["CONNTRACK_TABLE_PRESSURE"]
+    assert found["severity"] == "critical"
+    assert found["evidence"]["states"][0] == {"state": "TIME_WAIT", "count": 216000}
+    assert found["evidence"]["timeouts"] == {
+        "nf_conntrack_tcp_timeout_time_wait": 120,
+        "nf_conntrack_tcp_timeout_close_wait": 60,
+        "nf_conntrack_tcp_timeout_established": 432000,
+    }
+    assert "nf_conntrack: table full, dropping packet" in found["summary"]
+    assert "mostly TIME_WAIT 216000, ESTABLISHED 24000" in found["summary"]
+    assert found["remediation"]["sysctls"] == {} and found["remediation"]["profile"] is None
+
+
+def test_conntrack_thresholds_are_overridable():
+    facts = with_conntrack(load("clean"), 131072)  # ratio 0.5
+    assert "CONNTRACK_TABLE_PRESSURE" not in by_code(diagnose(facts))
+    lowered = {"conntrack_ratio_warning": 0.5, "conntrack_ratio_critical": 0.6}
+    assert by_code(diagnose(facts, lowered))["CONNTRACK_TABLE_PRESSURE"]["severity"] == "warning"
+
+
+@pytest.mark.parametrize("block", ["missing", "unavailable", "no_ratio"])
+def test_conntrack_skipped_without_a_table(block):
+    facts = with_conntrack(load("clean"), 250000)
+    if block == "missing":
+        del facts["conntrack"]
+    elif block == "unavailable":
+        facts = with_conntrack(load("clean"), 0, available=False)
+    else:
+        facts["conntrack"]["ratio"] = None  # not recomputed from count and max
+    assert "CONNTRACK_TABLE_PRESSURE" not in by_code(diagnose(facts, SENSITIVE))

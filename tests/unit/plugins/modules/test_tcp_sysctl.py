@@ -7,6 +7,10 @@ value that differs). The drop-in always lives under tmp_path.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import module_harness
@@ -104,7 +108,107 @@ def test_bad_input_fails_before_touching_anything(tmp_path, sysctls, message):
 
 
 def test_bad_file_and_choice_name_the_option(tmp_path):
-    result = run_module({"sysctls": {}, "file": str(tmp_path / "x.txt")})
+    sysctls = {"net.ipv4.tcp_fin_timeout": 30}
+    result = run_module({"sysctls": sysctls, "file": str(tmp_path / "x.txt")})
     assert result["failed"] and result["msg"].startswith("file: ")
-    result = run_module({"sysctls": {}, "file": str(tmp_path / "x.conf"), "on_global_in_namespace": "maybe"})
+    result = run_module({"sysctls": sysctls, "file": str(tmp_path / "x.conf"), "on_global_in_namespace": "maybe"})
     assert result["failed"] and "on_global_in_namespace" in result["msg"] and "skip, fail" in result["msg"]
+
+
+# ---- issue 10: hostile input reaches a clear message, never a traceback or a revert ----------
+
+
+def test_null_or_empty_sysctls_with_state_present_never_revert(tmp_path):
+    name = "net.ipv4.tcp_fin_timeout"
+    current = {name: live(name)}
+    conf = tmp_path / "60-netstate-tcp.conf"
+    assert run_module({"sysctls": current, "file": str(conf)})["changed"] is True
+    files = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    for empty in (None, {}):
+        result = run_module({"sysctls": empty, "file": str(conf)})
+        assert result.get("failed") is True, result
+        assert "sysctls" in result["msg"] and "state=absent" in result["msg"]
+        assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files
+    run_module({"state": "absent", "file": str(conf)})
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["evil\n.conf", "x\nkernel.panic = 1\n#.conf", "tab\there.conf", "del\x7f.conf", "esc\x1b[31m.conf"],
+)
+def test_control_characters_in_file_are_rejected(tmp_path, path):
+    name = "net.ipv4.tcp_fin_timeout"
+    result = run_module({"sysctls": {name: live(name)}, "file": str(tmp_path / path)})
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith("file: ") and "control character" in result["msg"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["/etc/sysctl.d/../x.conf", "/etc/sysctl.d/./x.conf", "/etc//sysctl.d/x.conf"])
+def test_file_must_be_a_normalised_path(path):
+    result = run_module({"sysctls": {"net.ipv4.tcp_fin_timeout": 1}, "file": path}, check=True)
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith("file: ")
+
+
+def test_symlinked_dropin_is_refused_and_its_target_never_shown(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root-password = hunter2\n")
+    conf = tmp_path / "60-netstate-tcp.conf"
+    conf.symlink_to(secret)
+    name = "net.ipv4.tcp_fin_timeout"
+    result = run_module({"sysctls": {name: live(name)}, "file": str(conf)}, check=True, diff=True)
+    assert result.get("failed") is True, result
+    assert "symbolic link" in result["msg"] and str(conf) in result["msg"]
+    assert "hunter2" not in str(result)
+    assert secret.read_text() == "root-password = hunter2\n" and conf.is_symlink()
+
+
+@pytest.mark.parametrize("which", ["dropin", "state"])
+def test_non_utf8_files_fail_naming_the_file(tmp_path, which):
+    conf = tmp_path / "60-netstate-tcp.conf"
+    bad = conf if which == "dropin" else tmp_path / ".60-netstate-tcp.conf.previous.json"
+    bad.write_bytes(b"net.ipv4.tcp_fin_timeout = 3\xff\xfe0\n")
+    name = "net.ipv4.tcp_fin_timeout"
+    for args in ({"sysctls": {name: live(name)}}, {"state": "absent"}):
+        result = run_module(dict(args, file=str(conf)), check=True, diff=True)
+        assert result.get("failed") is True, result
+        assert str(bad) in result["msg"] and "UTF-8" in result["msg"]
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "1 " + "9" * 4400, ["9" * 4301], "9" * 30, -(2**63) - 1])
+def test_huge_values_fail_naming_the_key(tmp_path, value):
+    name = "net.ipv4.tcp_fin_timeout"
+    # Ansible hands a module its arguments in a file; a command line this long would not fit.
+    args = tmp_path / "args.json"
+    payload = {"sysctls": {name: value}, "file": str(tmp_path / "t.conf"), "_ansible_check_mode": True}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": payload}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", tcp_sysctl.__name__, str(args)], capture_output=True, text=True, env=env, check=False
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith(f"sysctls: {name}: ") and "64-bit" in result["msg"]
+
+
+def test_catalog_options_in_check_mode(tmp_path):
+    conf = tmp_path / "60-netstate-tcp.conf"
+    args = {
+        "from_findings": True,
+        "finding_codes": ["TIME_WAIT_CHURN", "CLOSE_WAIT_LEAK"],
+        "profiles": [],
+        "orphan_cap": {"memory_mb": 1024},
+        "sysctls": {"net.ipv4.tcp_tw_reuse": live("net.ipv4.tcp_tw_reuse")},
+        "file": str(conf),
+    }
+    result = run_module(args, check=True, diff=True)
+    assert not result.get("failed"), result
+    assert result["profiles"] == ["time_wait"]
+    assert result["applied"]["net.ipv4.tcp_max_tw_buckets"] == "262144"
+    assert result["reasons"]["net.ipv4.tcp_max_tw_buckets"].startswith("time_wait profile: ")
+    assert result["reasons"]["net.ipv4.tcp_tw_reuse"] == "requested in sysctls"
+    assert result["reasons"]["net.ipv4.tcp_orphan_retries"].startswith("orphan cap: ")
+    assert list(result["not_fixed_by_sysctls"]) == ["CLOSE_WAIT_LEAK"]
+    assert list(tmp_path.iterdir()) == []

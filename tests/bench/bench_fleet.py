@@ -1,0 +1,101 @@
+"""Fleet over SSH: the audit against Ansible's own per-host floor (`ansible -m ping`).
+
+A lab of 30 SSH hosts (network namespaces with their own sshd) gets, with the
+same inventory and the same forks in the same run:
+
+- `ansible -m ping` (Ansible's floor: connect, ship a module, run it);
+- `ansible -m netstate.tcp.tcp_state_facts` ad hoc;
+- `playbooks/audit.yml` without prom, and with prom (node_exporter textfile on
+  each host).
+
+Each is run RUNS times; the median wall time is reported, with the ratios the
+fleet issue targets: audit <= 1.25x ping, audit with prom <= 1.1x audit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from netstate_lab import Lab
+
+HOSTS = int(os.environ.get("NETSTATE_BENCH_FLEET_HOSTS", "30"))  # smaller for a quick check
+FORKS = 5
+RUNS = int(os.environ.get("NETSTATE_BENCH_FLEET_RUNS", "3"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(tmp):
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
+        # Keep Ansible's own files (local tmp, control paths) out of ~/.ansible.
+        ANSIBLE_HOME=str(Path(tmp) / "ansible-home"),
+        ANSIBLE_FORKS=str(FORKS),
+    )
+    return env
+
+
+def _timed(cmd, env, cwd):
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return took
+
+
+def _median(cmd, env, cwd):
+    return statistics.median(_timed(cmd, env, cwd) for _ in range(RUNS))
+
+
+def run() -> str:
+    bindir = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+    ansible, playbook = str(bindir / "ansible"), str(bindir / "ansible-playbook")
+    tmp = tempfile.mkdtemp(prefix="netstate-bench-fleet-")
+    lab = Lab.create(hosts=HOSTS, ssh=True)
+    try:
+        env = _env(tmp)
+        inv = str(lab.inventory_path)
+        # Lab hosts share this machine's file system: the textfile directory is the bench's own.
+        prom_dir = str(Path(tmp) / "textfile")
+        out = str(Path(tmp) / "reports")
+        audit = [playbook, "-i", inv, str(ROOT / "playbooks" / "audit.yml"), "-e", f"audit_output_dir={out}"]
+        cases = {
+            "ping": [ansible, "-i", inv, "lab", "-m", "ansible.builtin.ping"],
+            "module ad hoc": [ansible, "-i", inv, "lab", "-m", "netstate.tcp.tcp_state_facts"],
+            "audit": [*audit, "-e", "audit_hosts=lab"],
+            "audit with prom": [
+                *audit,
+                "-e",
+                "audit_hosts=lab",
+                "-e",
+                '{"audit_formats": ["json", "md", "html", "csv", "prom"]}',
+                "-e",
+                f"audit_prom_dir={prom_dir}",
+            ],
+        }
+        # Warm up once (ssh host keys, control sockets, Python byte code) so no case pays it alone.
+        _timed(cases["ping"], env, tmp)
+        took = {name: _median(cmd, env, tmp) for name, cmd in cases.items()}
+        for name, value in took.items():
+            print(f"{name}: {value:.2f} s", flush=True)
+    finally:
+        lab.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ping = took["ping"]
+    rows = "\n".join(f"| {name} | {value:.2f} s | {value / ping:.2f}x |" for name, value in took.items())
+    return (
+        f"## fleet: {HOSTS} lab hosts over SSH, forks {FORKS}\n\n"
+        f"Median of {RUNS} runs each, same inventory and forks, after one warm-up ping.\n\n"
+        "| run | wall time | vs ping |\n| --- | ---: | ---: |\n"
+        f"{rows}\n\n"
+        f"- audit / ping: {took['audit'] / ping:.2f}x (target <= 1.25x)\n"
+        f"- audit with prom / audit: {took['audit with prom'] / took['audit']:.2f}x (target <= 1.1x)\n"
+    )
