@@ -116,7 +116,8 @@ release: venv
 # ansible-test bootstraps pip in its venvs with a script from ci-files.testing.ansible.com,
 # which our machines cannot reach: seed its cache with tools/ansible-test-get-pip.py.
 # The pip version ansible-test 2.19 pins for its venvs (get_venv_packages); bump with ansible-core.
-# ansible-test keeps that cache in ~/.ansible/test (HOME, not ANSIBLE_HOME): it runs with HOME in .build.
+# ansible-test keeps that cache in ~/.ansible/test (HOME, not ANSIBLE_HOME): it runs with HOME in .build
+# (pip keeps its usual cache).
 ANSIBLE_TEST_HOME := $(BUILD)/ansible-test-home
 ANSIBLE_TEST_PIP := $(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_24_2.py
 # The files git tracks or would track (no .venv, no .build), as a tar stream on stdout.
@@ -126,7 +127,7 @@ sanity: setup
 	@mkdir -p $(dir $(ANSIBLE_TEST_PIP)) && cp tools/ansible-test-get-pip.py $(ANSIBLE_TEST_PIP)
 	@rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
 	@$(COPY_TREE) | tar -xf - -C $(SANITY_DIR)
-	cd $(SANITY_DIR) && HOME=$(ANSIBLE_TEST_HOME) $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
+	cd $(SANITY_DIR) && XDG_CACHE_HOME=$${XDG_CACHE_HOME:-$(HOME)/.cache} HOME=$(ANSIBLE_TEST_HOME) $(BIN)/ansible-test sanity --venv --python 3.11 --color no $(SANITY_ARGS)
 
 # Unit tests need the venv and nothing else: no root, no apt, no ansible-playbook, no lab.
 unit: venv link
