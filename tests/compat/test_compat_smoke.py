@@ -142,7 +142,7 @@ def test_audit_with_limit_reports_the_limited_hosts_or_fails(ansible_run, compat
         assert report is not None, "the audit succeeded with --limit but wrote no report:\n" + done.stdout[-3000:]
         assert [h["name"] for h in report["hosts"]] == ["h1"]
     else:
-        assert report is None
+        assert "limit" in done.stdout + done.stderr, done.stdout[-3000:]  # says why it wrote no report
 
 
 def gate(ansible_run, lab, hosts):
