@@ -23,6 +23,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils import (
     _diagnose,
     _netns,
     _peer_namespaces,
+    _trace,
 )
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import (
     STATES,
@@ -45,6 +46,7 @@ DEFAULT_OPTIONS = {
     "namespaces": "current",
     "thresholds": {},
     "families": list(FAMILIES),
+    "trace": 0,
 }
 
 
@@ -119,6 +121,10 @@ def normalize_options(params=None):
     elif namespaces not in ("current", "all"):
         raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 
+    trace = options["trace"]
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+
     thresholds = options["thresholds"]
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds: must be a dictionary, got {thresholds!r}")
@@ -131,6 +137,7 @@ def normalize_options(params=None):
         "namespaces": namespaces,
         "thresholds": thresholds,
         "families": chosen,
+        "trace": trace,
     }
 
 
@@ -183,7 +190,7 @@ def persistent_sockets(before, after):
     return result
 
 
-def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True):
+def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True, churn=None):
     """The tcp_state dict from the last sample (and the first one for rates/persistent)."""
     sockets = last["sockets"]
     system = last["system"]
@@ -235,6 +242,8 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
         "findings": [],
         "warnings": warnings,
     }
+    if churn is not None:
+        block["churn"] = churn
     block["findings"] = _diagnose.diagnose(block, options["thresholds"])
     return block
 
@@ -336,7 +345,7 @@ def gather_facts(options):
     first = None
     if track:
         first = sample_all()
-        time.sleep(options["interval"])
+    churn = _trace.churn_window(options["trace"], options["interval"], warnings)
     last = sample_all()
     usable = {label: sample for label, sample in last.items() if sample}
     owners = _resolve_owners(usable, options, warnings)
@@ -348,7 +357,13 @@ def gather_facts(options):
         name = current_name if ns is None else ns["name"]
         host_figures = ns is None or sample["system"]["initial"]
         blocks[label] = build_block(
-            before or None, sample, options, owners_result=owners.get(label), name=name, host_figures=host_figures
+            before or None,
+            sample,
+            options,
+            owners_result=owners.get(label),
+            name=name,
+            host_figures=host_figures,
+            churn=churn(sample["inode"], name, options["top"]) if churn else None,
         )
     if options["namespaces"] != "current":
         _name_peer_namespaces(blocks, usable, dict(targets), current, name=current_name)

@@ -88,8 +88,29 @@ options:
     elements: str
     choices: [ipv4, ipv6]
     default: [ipv4, ipv6]
+  trace:
+    description:
+      - Seconds to watch TCP state changes and name the processes that make the churn, in
+        RV(ansible_facts.tcp_state.churn). V(0) (the default) turns tracing off. At most V(60).
+      - With O(interval) the module waits once, for whichever is longer, and traces during that wait.
+      - Tracing uses the kernel tracepoint C(sock:inet_sock_set_state) (Linux 4.16 or later) through a private
+        tracefs instance C(instances/netstate-<pid>-<random>) with an in-kernel filter (connect, active close,
+        passive close, peer close) and a bounded buffer; it never touches the global trace buffer or another
+        tool's instance. The instance is removed on every exit path; one left by a killed run is removed by the
+        next run. When tracefs is not mounted it is mounted in a private mount namespace of the module's own
+        process, so the host's mount table does not change.
+      - Only events raised in process context are credited to a process; events raised in softirq or hardirq
+        context (where the current task is arbitrary) count in the session totals only.
+      - Needs root in the host's PID namespace. Where tracing is not possible (unprivileged, kernel lockdown,
+        inside a container, no tracepoint) C(source) of RV(ansible_facts.tcp_state.churn) is null and a warning
+        says why.
+      - With O(namespaces), one trace session serves every namespace; each block lists the processes of its own
+        namespace (from C(/proc/<pid>/ns/net)).
+    type: float
+    default: 0
 notes:
-  - Read-only. Nothing on the host is changed, in check mode or not.
+  - Read-only. Nothing on the host is changed, in check mode or not; with O(trace) a tracefs instance exists for
+    the duration of the task only.
   - C(tcp_orphan_retries=0) means 8 retries to the kernel; RV(ansible_facts.tcp_state.effective) shows the
     effective value.
   - In a non-initial network namespace C(net.ipv4.tcp_max_orphans) and C(net.ipv4.tcp_mem) do not exist; they are
@@ -182,6 +203,14 @@ EXAMPLES = r"""
   loop: "{{ ansible_facts.tcp_state_namespaces | dict2items }}"
   loop_control:
     label: "{{ item.key }}"
+
+# Who makes the churn: trace TCP state changes for 10 s.
+- name: Name the processes that open and close connections
+  netstate.tcp.tcp_state_facts:
+    trace: 10
+- name: Show the busiest churners
+  ansible.builtin.debug:
+    var: ansible_facts.tcp_state.churn.processes
 
 - name: Two named namespaces, IPv4 only
   netstate.tcp.tcp_state_facts:
@@ -484,6 +513,37 @@ ansible_facts:
                     summary: "1570 CLOSE_WAIT sockets held by pid 1234 (proxy)", evidence: {},
                     remediation: {kind: application, text: "Fix the application: it never closes these sockets.",
                                   sysctls: {}}}]
+        churn:
+          description:
+            - Who makes the churn, from tracing TCP state changes for O(trace) seconds (C(sock:inet_sock_set_state)
+              through a private tracefs instance).
+            - C(source) - V(tracefs), or null when tracing was not possible (C(reason) and a warning say why).
+            - C(seconds) - how long the trace ran.
+            - C(events) - state changes copied out by the session (the tracepoint is host-wide, so every namespace
+              and context counts); C(lost_events) - dropped, overwritten or unread events (rates are lower bounds
+              when not 0); C(interrupt_events) - events raised in softirq or hardirq context, credited to no
+              process; C(unresolved_events) - events of processes that exited before they were seen, or over the
+              process cap; C(namespace_events) - events credited to processes of this namespace.
+            - C(totals) - session-wide C(connects), C(active_closes), C(passive_closes), C(peer_closes) (the peer
+              closed first, ESTABLISHED to CLOSE_WAIT), every context included.
+            - C(processes) - the most active processes of this namespace (at most O(top)), each with C(pid),
+              C(comm), C(cmdline), C(user), C(container), C(netns) (C(inode), C(name)), C(connects) (connect),
+              C(active_closes) (close first, the side that ends in TIME_WAIT), C(passive_closes) (close after the
+              peer), C(peer_closes), C(connects_per_second), C(active_closes_per_second) and C(top_peers)
+              (C(address), C(port), C(count) of connects and active closes).
+            - C(peers) - the remote endpoints of this namespace's processes, each with C(address), C(port),
+              C(connects) and C(active_closes), busiest first.
+          returned: when O(trace) is above 0
+          type: dict
+          sample: {source: tracefs, seconds: 10.0, events: 6120, lost_events: 0, interrupt_events: 1530,
+                   unresolved_events: 0, namespace_events: 4590,
+                   totals: {connects: 1530, active_closes: 1530, passive_closes: 1530, peer_closes: 1530},
+                   processes: [{pid: 1234, comm: api, cmdline: "api --port 8080", user: www, container: null,
+                                netns: {inode: 4026531840, name: null}, connects: 1530, active_closes: 1530,
+                                passive_closes: 0, peer_closes: 0, connects_per_second: 153.0,
+                                active_closes_per_second: 153.0,
+                                top_peers: [{address: 10.0.0.5, port: 6601, count: 3060}]}],
+                   peers: [{address: 10.0.0.5, port: 6601, connects: 1530, active_closes: 1530}]}
         warnings:
           description: What could not be read (for example other users' processes without root).
           returned: always
@@ -517,6 +577,7 @@ def main():
             "namespaces": {"type": "raw", "default": "current"},
             "thresholds": {"type": "dict"},
             "families": {"type": "list", "elements": "str", "choices": ["ipv4", "ipv6"], "default": ["ipv4", "ipv6"]},
+            "trace": {"type": "float", "default": 0},
         },
         supports_check_mode=True,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import time
 
 import pytest
 
@@ -20,6 +22,10 @@ SMALL = {
     "syn_recv": {"count": 15},
     "established": {"count": 60},
     "mix": {"count": 6000, "workers": 2},
+    "conntrack": {"count": 10},
+    # churn kinds hold still (delay) while the counts are compared; test_churn_* below runs the churn
+    "churn_client": {"count": 50, "delay": 300},
+    "churn_server_close": {"count": 50, "delay": 300},
 }
 
 
@@ -46,7 +52,7 @@ def test_every_kind_is_covered():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_scenario_counts_match_ss(bare_host, kind):
-    if kind == "syn_recv" and shutil.which("nft") is None:
+    if kind in ("syn_recv", "conntrack") and shutil.which("nft") is None:
         pytest.skip("nft (nftables) missing")
     opts = dict(SMALL[kind])
     sc = bare_host.start_scenario(kind, hold=300, **opts)
@@ -62,7 +68,7 @@ def test_scenario_counts_match_ss(bare_host, kind):
     if kind in PROMISED:
         state, per_count = PROMISED[kind]
         assert len(ss_lines(bare_host, "state", STATE_TO_SS_FILTER[state])) == per_count * opts["count"], state
-    else:  # mix: `count` sockets besides its listeners
+    elif kind == "mix":  # `count` sockets besides its listeners
         assert len(ss_lines(bare_host, "exclude", "listening")) == opts["count"]
     # the process that made them runs inside the namespace under its recognisable name
     assert sc.pid in bare_host.pids()
@@ -139,3 +145,23 @@ def test_two_scenarios_in_one_host_add_up(bare_host):
     stopped = bare_host.stop_scenarios("close_wait_leak")
     assert {s.pid for s in stopped} == {a.pid, b.pid}
     assert len(ss_lines(bare_host, "state", "close-wait")) == 0
+
+
+@pytest.mark.parametrize("kind", ["churn_client", "churn_server_close"])
+def test_churn_makes_its_count_and_the_closer_holds_time_wait(bare_host, kind):
+    sc = bare_host.start_scenario(kind, count=60, rate=200, hold=300)
+    port = sc.report["ports"]["server"][0]
+    deadline = time.monotonic() + 60
+    report = sc.report
+    while "done" not in report and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with open(sc.report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    done = report["done"]
+    assert done["connections"] == 60
+    assert done["peer"].get("closed", done["peer"].get("connections")) == 60
+    tw = ss_lines(bare_host, "state", "time-wait")
+    assert len(tw) == 60
+    # TIME_WAIT stays with the side that closed first: the listening port is local only when the server did
+    on_listener = [row for row in tw if row[2].endswith(f":{port}")]
+    assert len(on_listener) == (60 if kind == "churn_server_close" else 0)

@@ -364,9 +364,11 @@ class LabHost:
         if kind in ("syn_recv", "conntrack"):
             cmd += ["--nft", shutil.which("nft")]
         for key, value in sorted(options.items()):
-            if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block"):
-                raise ScenarioError(f"unknown scenario option {key!r}; valid: backlog, rcvbuf, sndbuf, workers, block")
-            cmd += [f"--{key}", str(int(value))]
+            if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block", "rate", "delay"):
+                raise ScenarioError(
+                    f"unknown scenario option {key!r}; valid: backlog, rcvbuf, sndbuf, workers, block, rate, delay"
+                )
+            cmd += [f"--{key}", str(float(value) if key == "delay" else int(value))]
         if pdeathsig:
             cmd.append("--pdeathsig")
         env = dict(os.environ)

@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import select
+import selectors
 import signal
 import socket
 import struct
@@ -54,6 +55,8 @@ KINDS = (
     "syn_recv",
     "established",
     "mix",
+    "churn_client",
+    "churn_server_close",
     "conntrack",
 )
 
@@ -66,6 +69,8 @@ DEFAULT_COUNTS = {
     "syn_recv": 20,
     "established": 50,
     "mix": 300000,
+    "churn_client": 200,
+    "churn_server_close": 200,
     "conntrack": 20,
 }
 
@@ -78,8 +83,12 @@ COMMS = {
     "syn_recv": "nsl-syn-recv",
     "established": "nsl-established",
     "mix": "nsl-mix",
+    "churn_client": "nsl-churner",
+    "churn_server_close": "nsl-srv-closer",
     "conntrack": "nsl-conntrack",
 }
+# The other side of a churn scenario (a separate process, so attribution can tell them apart).
+CHURN_PEER_COMMS = {"churn_client": "nsl-churn-srv", "churn_server_close": "nsl-churn-cli"}
 
 # Seconds the kernel keeps a state by itself with default sysctls (TIME_WAIT is fixed at 60 s).
 STATE_TTL = {
@@ -573,6 +582,21 @@ def sc_established(args, deadline):
     return report, [lsock, pairs], None
 
 
+def read_child_line(fd, deadline):
+    """One line a child process writes on pipe `fd` (b"" if it died first), or None at the deadline."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        if deadline.left() <= 0:
+            return None
+        ready, _w, _x = select.select([fd], [], [], min(1.0, deadline.left()))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
 def proc_conntrack(port, path="/proc/net/nf_conntrack"):
     """{TCP conntrack state: entries} of this namespace's table whose original destination port is ``port``.
 
@@ -718,16 +742,9 @@ def sc_mix(args, deadline):
         pipes.append(r)
     results = []
     for r in pipes:
-        buf = b""
-        while not buf.endswith(b"\n"):
-            if deadline.left() <= 0:
-                raise ScenarioFailed("timed out waiting for mix workers")
-            ready, _w, _x = select.select([r], [], [], min(1.0, deadline.left()))
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                buf += chunk
+        buf = read_child_line(r, deadline)
+        if buf is None:
+            raise ScenarioFailed("timed out waiting for mix workers")
         os.close(r)
         results.append(json.loads(buf) if buf.strip() else {"ok": False, "error": "worker died"})
     bad = [x["error"] for x in results if not x.get("ok")]
@@ -758,6 +775,179 @@ def sc_mix(args, deadline):
     return report, [], children
 
 
+# --------------------------------------------------------------------------- churn
+# A churn scenario reports ready at once, then (after --delay seconds, so a tracer can start first)
+# makes --count short connections at --rate per second, bounded by count and by --timeout, and
+# rewrites its report with what it did under "done". The side that closes first is the scenario's
+# own process; the other side is a child with its own comm.
+
+
+def stop_requested():
+    """A stop signal is pending (they are blocked in scenario processes until hold() takes them)."""
+    return bool(signal.sigpending() & set(_STOP_SIGNALS))
+
+
+def churn_serve(lsock, count, server_closes, deadline):
+    """Accept `count` connections; close each at once (server closes first) or after the client's FIN."""
+    lsock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ)
+    accepted = closed = 0
+    while closed < count and deadline.left() > 0 and not stop_requested():
+        for key, _mask in sel.select(timeout=min(0.2, deadline.left())):
+            if key.fileobj is lsock:
+                while accepted < count:
+                    try:
+                        conn, _peer = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    accepted += 1
+                    if server_closes:
+                        conn.close()  # active close by the server: TIME_WAIT on the listening port
+                        closed += 1
+                    else:
+                        conn.setblocking(False)
+                        sel.register(conn, selectors.EVENT_READ)
+                continue
+            conn = key.fileobj
+            try:
+                data = conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn)
+                conn.close()  # passive close after the client's FIN: CLOSE_WAIT -> LAST_ACK
+                closed += 1
+    sel.close()
+    return {"accepted": accepted, "closed": closed}
+
+
+def churn_connect(dst, sources, count, rate, *, client_closes, deadline):
+    """`count` connections at `rate` per second; the client closes first, or after the server's FIN."""
+    started = time.monotonic()
+    made = 0
+    for i in range(count):
+        wait = started + i / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, deadline.left()))
+        if deadline.left() <= 0 or (i % 64 == 0 and stop_requested()):
+            break
+        c = client_socket(sources)
+        c.connect(dst)
+        if not client_closes:
+            c.settimeout(max(0.1, deadline.left()))
+            try:
+                c.recv(1)  # the server's FIN: b""
+            except OSError:
+                pass
+        c.close()
+        made += 1
+    elapsed = time.monotonic() - started
+    return {"connections": made, "seconds": round(elapsed, 3), "rate": round(made / elapsed, 1) if elapsed else 0.0}
+
+
+def _churn_child(kind, role, go_r, done_w):
+    """The peer side of a churn scenario, in a forked child: waits for go, runs `role`, reports on a pipe."""
+    set_pdeathsig(signal.SIGKILL)
+    set_comm(CHURN_PEER_COMMS[kind])
+    os.read(go_r, 1)
+    try:
+        result = role()
+    except Exception as exc:  # reported to the parent, which records it in the report
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    os.write(done_w, (json.dumps(result) + "\n").encode())
+
+
+def sc_churn(args, deadline, client_closes):
+    kind = args.kind
+    if not 0 < args.rate <= 100000:
+        raise ScenarioFailed(f"--rate must be between 1 and 100000 per second, got {args.rate}")
+    changed = ensure_tw_buckets(args.count + 1000)
+    lsock = listener(args.port)
+    port = lsock.getsockname()[1]
+    dst = lsock.getsockname()
+    sources = Sources(args.block)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+
+    def child_role():
+        if client_closes:
+            return churn_serve(lsock, args.count, False, Deadline(args.timeout))
+        return churn_connect(dst, sources, args.count, args.rate, client_closes=False, deadline=Deadline(args.timeout))
+
+    child = os.fork()
+    if child == 0:
+        try:
+            _churn_child(kind, child_role, go_r, done_w)
+        finally:
+            os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+
+    def run():
+        if args.delay > 0 and signal.sigtimedwait(_STOP_SIGNALS, args.delay) is not None:
+            return {"stopped": True, "connections": 0}  # stopped before the churn began
+        started_at = time.time()
+        os.write(go_w, b"g")
+        churn_deadline = Deadline(args.timeout)
+        if client_closes:
+            own = churn_connect(dst, sources, args.count, args.rate, client_closes=True, deadline=churn_deadline)
+        else:
+            own = churn_serve(lsock, args.count, True, churn_deadline)
+        peer = {"error": "peer process gave no result"}
+        buf = read_child_line(done_r, churn_deadline)
+        if buf and buf.strip():
+            peer = json.loads(buf)
+        client = own if client_closes else peer
+        return {
+            "started_at": started_at,
+            "ended_at": time.time(),
+            "connections": client.get("connections", 0),
+            "seconds": client.get("seconds", 0.0),
+            "rate": client.get("rate", 0.0),
+            "closer": own,
+            "peer": peer,
+        }
+
+    closer = "client" if client_closes else "server"
+    report = {
+        "ports": {"server": [port]},
+        "expected": {"LISTEN": 1},
+        "observed": {"LISTEN": 1},
+        "churn": {
+            "count": args.count,
+            "rate": args.rate,
+            "delay": args.delay,
+            "closer": closer,
+            "closer_pid": os.getpid(),
+            "closer_comm": COMMS[kind],
+            "peer_pid": child,
+            "peer_comm": CHURN_PEER_COMMS[kind],
+        },
+        "pids": {"main": os.getpid(), "peer": child},
+        "sysctls_changed": changed,
+        "ttl_seconds": {"TIME_WAIT": 60},
+        "notes": f"the {closer} ({COMMS[kind]}, this pid) closes first and its side ends in TIME_WAIT; "
+        f"{CHURN_PEER_COMMS[kind]} (pid {child}) is the other side; report['done'] appears when the churn ended",
+    }
+    AFTER_READY[os.getpid()] = run
+    return report, [lsock], [child]
+
+
+def sc_churn_client(args, deadline):
+    return sc_churn(args, deadline, client_closes=True)
+
+
+def sc_churn_server_close(args, deadline):
+    return sc_churn(args, deadline, client_closes=False)
+
+
+# Work a scenario does after its report says ready (pid -> callable returning the "done" report entry).
+AFTER_READY = {}
+
+
 SCENARIOS = {
     "time_wait_churn": sc_time_wait_churn,
     "close_wait_leak": sc_close_wait_leak,
@@ -767,6 +957,8 @@ SCENARIOS = {
     "syn_recv": sc_syn_recv,
     "established": sc_established,
     "mix": sc_mix,
+    "churn_client": sc_churn_client,
+    "churn_server_close": sc_churn_server_close,
     "conntrack": sc_conntrack,
 }
 
@@ -832,6 +1024,8 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--nft", default="")
     p.add_argument("--pdeathsig", action="store_true")
+    p.add_argument("--rate", type=int, default=100, help="churn: connections per second")
+    p.add_argument("--delay", type=float, default=0.0, help="churn: seconds between ready and the first connection")
     args = p.parse_args(argv)
     if args.count is None:
         args.count = DEFAULT_COUNTS[args.kind]
@@ -879,6 +1073,10 @@ def main(argv=None):
     report["pids"] = pids or {"main": os.getpid()}
     try:
         write_json(args.report, report)
+        after = AFTER_READY.pop(os.getpid(), None)
+        if after is not None:
+            report["done"] = after()
+            write_json(args.report, report)
         hold(keep, args.hold)
     finally:
         if cleanup:

@@ -96,6 +96,7 @@ def test_defaults_are_the_documented_interface(options):
         "namespaces": "current",
         "thresholds": _diagnose.DEFAULT_THRESHOLDS,
         "families": ["ipv4", "ipv6"],
+        "trace": 0,
     }
 
 
