@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """TCP socket collection: netlink sock_diag dump, streaming decoders, /proc/net/tcp fallback.
 
-Python stdlib only (runs on managed nodes, Python 3.9+).
+Python stdlib only (runs on managed nodes, Python 3.7+).
 
 Raw records
 -----------

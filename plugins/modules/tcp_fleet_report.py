@@ -3,8 +3,6 @@
 
 # Documentation only: the action plugin of the same name does the work on the controller.
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: tcp_fleet_report
 short_description: Aggregate tcp_state facts of a fleet into JSON, Markdown, HTML, CSV and Prometheus reports
@@ -21,6 +19,9 @@ description:
   - Writes the reports with mode C(0640) into a new timestamped directory under O(output_dir)
     and points the C(latest) symbolic link there.
   - C(playbooks/audit.yml) of this collection runs the whole audit.
+requirements:
+  - Runs on the controller with ansible-core's Python; jmespath there for O(query). The audited hosts
+    need what M(netstate.tcp.tcp_state_facts) needs.
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:

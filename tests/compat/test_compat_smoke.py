@@ -10,6 +10,8 @@ import json
 import os
 import re
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO, "playbooks")
 DROPIN = "60-netstate-tcp.conf"
@@ -179,3 +181,48 @@ def test_remediate_role_in_check_and_diff_mode_changes_nothing(ansible_run, comp
     for host in compat_lab.hosts:
         assert [host.sysctl(k) for k in keys] == before[host.alias]
         assert not os.path.exists(os.path.join(host.sysctl_dir, DROPIN))
+
+
+# The Pythons each ansible-core still runs modules on (its target minimum); older ones it refuses itself.
+CORE_TARGET_MINIMUM = {"2.16": (3, 6), "2.17": (3, 7), "2.18": (3, 8), "2.19": (3, 8)}
+MANAGED_NODE_MODULES = ("tcp_state_facts", "tcp_socket_info", "tcp_gate", "tcp_sysctl")
+
+
+def find_python(version):
+    """An interpreter of ``version`` on this machine (pyenv's versions, then PATH without shims), or None."""
+    name = "python{}.{}".format(*version)
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    versions = os.path.join(pyenv, "versions")
+    candidates = (
+        [os.path.join(versions, v, "bin", name) for v in sorted(os.listdir(versions))]
+        if os.path.isdir(versions)
+        else []
+    )
+    candidates += [
+        os.path.join(d, name) for d in os.environ.get("PATH", "").split(os.pathsep) if d and "shims" not in d
+    ]
+    return next((c for c in candidates if os.access(c, os.X_OK)), None)
+
+
+@pytest.mark.parametrize("version", [(3, 6), (3, 7)], ids=["python3.6", "python3.7"])
+def test_managed_node_python_minimum_on_a_real_interpreter(ansible_run, compat_lab, version):
+    core = re.search(r"\[core ([0-9]+\.[0-9]+)", ansible_run("ansible", "--version").stdout).group(1)
+    if CORE_TARGET_MINIMUM.get(core, (3, 8)) > version:
+        pytest.skip(f"ansible-core {core} itself refuses Python {version[0]}.{version[1]} on targets")
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version[0]}.{version[1]} on this machine")
+    interpreter = ("-e", f"ansible_python_interpreter={python}")
+    if version < (3, 7):  # below the collection's minimum: a clear failure naming it, never a SyntaxError
+        for module in MANAGED_NODE_MODULES:
+            _rc, results = ad_hoc(ansible_run, compat_lab, f"netstate.tcp.{module}", {}, *interpreter)
+            for result in results.values():
+                assert result["status"] == "FAILED!"
+                assert f"netstate.tcp.{module} needs Python 3.7 or newer" in result["msg"], result
+    else:
+        rc, results = ad_hoc(
+            ansible_run, compat_lab, "netstate.tcp.tcp_socket_info", {"states": ["close_wait"]}, *interpreter
+        )
+        assert rc == 0, results
+        for host in compat_lab.hosts:
+            assert results[host.alias]["matched"] == close_wait(host)
