@@ -14,10 +14,20 @@ description:
   - The report holds fleet totals per TCP state and per finding code, one entry per host ordered by
     worst severity, the findings grouped by code with their hosts, the worst offenders across hosts
     (local ports, processes, peers), and the unreachable, failed and malformed hosts with their error.
-  - A host whose facts are not schema 1 or lack keys (C(states), C(findings), C(pressure)) is listed
-    with status C(malformed) and what is wrong; the rest of the fleet is still aggregated.
-  - Writes the reports with mode C(0640) into a new timestamped directory under O(output_dir)
-    and points the C(latest) symbolic link there.
+  - Every field of a host's facts that the report reads is checked against the schema of
+    M(netstate.tcp.tcp_state_facts) (types, finite non-negative numbers, finding codes, bounded strings).
+    A host whose facts fail the check (not schema 1, missing keys, a wrong type anywhere the report
+    reads) is listed with status C(malformed) and the first problem found; the rest of the fleet is
+    still aggregated.
+  - Whatever a host reports is data, never markup. Each format escapes it (HTML; Markdown HTML, pipes,
+    backticks and newlines; CSV cells a spreadsheet would run as a formula get a leading quote; Prometheus
+    label values), and only finite numbers become Prometheus samples or JSON numbers.
+  - Hosts are listed worst first, names in natural order (h2 before h10).
+  - Writes the reports into a temporary directory beside the final one and renames it into place
+    when every file is complete, then points the C(latest) symbolic link there; a full disk leaves no
+    half-written report. Directories get mode C(0750) and files C(0640) whatever the umask.
+  - Compares the report with the previous one (O(compare_with), else the C(latest) report in
+    O(output_dir)) and saves what changed in C(report.json) as C(changes).
   - C(playbooks/audit.yml) of this collection runs the whole audit.
 requirements:
   - Runs on the controller with ansible-core's Python; jmespath there for O(query). The audited hosts
@@ -47,9 +57,19 @@ options:
   hosts:
     description:
       - The audited hosts, usually C(ansible_play_hosts_all) of the play that ran M(netstate.tcp.tcp_state_facts).
+      - A name the inventory does not know is listed as C(unreachable), with the reason.
+      - One of O(hosts) and O(merge) is required.
     type: list
     elements: str
-    required: true
+  merge:
+    description:
+      - Partial reports to merge into one fleet report instead of reading hosts (AWX job slices, one
+        controller per region), as C(report.json) files or directories holding one (directly or under C(latest/)).
+      - Each file is checked like any input; totals, findings and offenders are recomputed across all hosts.
+        A host in several reports is taken from the report where it answered, else from the newest.
+      - Mutually exclusive with O(hosts). C(playbooks/merge.yml) of this collection runs it.
+    type: list
+    elements: path
   play_hosts:
     description:
       - The hosts still in that play when it ended (C(ansible_play_hosts)).
@@ -66,14 +86,23 @@ options:
   output_dir:
     description:
       - Directory on the controller that receives one timestamped directory per run and the C(latest) link.
-      - A relative path is relative to the working directory of C(ansible-playbook).
+      - A relative path is relative to the working directory of C(ansible-playbook), so by default the
+        reports are never written inside the collection (which may be installed read-only).
     type: path
-    default: reports
+    default: netstate-reports
+  compare_with:
+    description:
+      - A C(report.json) (or a directory holding one) to compare this report with.
+      - Defaults to C(latest/report.json) in O(output_dir), when there is one.
+      - A previous report that cannot be read or fails the check is named in C(changes.previous_error);
+        the report is still written.
+    type: path
   formats:
     description:
       - Report formats. V(json), V(md), V(html) and V(csv) are files on the controller.
       - V(prom) adds RV(prom), the node_exporter textfile-collector text per host, for the playbook to copy
         onto each host.
+      - At least one of V(json), V(md), V(html) and V(csv) is required.
     type: list
     elements: str
     choices: [json, md, html, csv, prom]
@@ -83,6 +112,8 @@ options:
       - A JMESPath expression evaluated on the aggregated report (the structure of C(report.json)).
       - Its result is returned in RV(query_result) and saved in C(report.json) as C(query_result).
       - An invalid expression fails the task with a message naming the expression.
+      - A valid expression that fails on the data (for example a function given the wrong type) does not
+        lose the report; the error is returned in RV(query_error) and saved as C(query_error) beside it.
     type: str
   thresholds:
     description:
@@ -93,11 +124,21 @@ options:
     type: dict
 notes:
   - The controller needs the Python package C(jmespath) only when O(query) is used.
+  - Registered results are read through the public C(hostvars) interface.
 seealso:
   - module: netstate.tcp.tcp_state_facts
 """
 
 EXAMPLES = r"""
+- name: Merge the reports of two job slices
+  netstate.tcp.tcp_fleet_report:
+    merge:
+      - /srv/audit/slice1/netstate-reports
+      - /srv/audit/slice2/netstate-reports/latest/report.json
+    output_dir: /srv/audit/fleet
+  delegate_to: localhost
+  run_once: true
+
 - name: Gather TCP state facts
   netstate.tcp.tcp_state_facts:
   register: audit_tcp_facts
@@ -167,9 +208,53 @@ findings_by_code:
   type: dict
   sample: {CLOSE_WAIT_LEAK: [web1, web7]}
 query_result:
-  description: The result of O(query) on the report.
+  description: The result of O(query) on the report (null when the query failed on the data).
   returned: when O(query) was given
   type: raw
+query_error:
+  description: Why O(query) failed on the report; the report was written all the same.
+  returned: when O(query) failed on the data
+  type: str
+changes:
+  description:
+    - What changed since the previous report (see O(compare_with)); also saved in C(report.json).
+    - Findings and states are compared on hosts that answered in both reports.
+  returned: always
+  type: dict
+  contains:
+    previous:
+      description: C(generated_at) of the previous report, or null when there is none.
+      type: str
+    previous_error:
+      description: Why the previous report could not be used.
+      type: str
+      returned: when a previous report was named or found but failed to load or check
+    new_findings:
+      description: Findings new since the previous report, each C({host, code, severity}).
+      type: list
+      elements: dict
+    resolved_findings:
+      description: Findings gone since the previous report, each C({host, code, severity}).
+      type: list
+      elements: dict
+    severity_changes:
+      description: Findings whose severity changed, each C({host, code, severity, previous}).
+      type: list
+      elements: dict
+    hosts_added:
+      description: Hosts in this report only.
+      type: list
+      elements: str
+    hosts_removed:
+      description: Hosts in the previous report only.
+      type: list
+      elements: str
+    state_deltas:
+      description: Per host, the change of each TCP state count that changed.
+      type: dict
+  sample: {previous: "2026-11-21T09:00:00Z", new_findings: [{host: web1, code: CLOSE_WAIT_LEAK, severity: warning}],
+           resolved_findings: [], severity_changes: [], hosts_added: [], hosts_removed: [],
+           state_deltas: {web1: {CLOSE_WAIT: 150}}}
 prom:
   description:
     - Host name to node_exporter textfile-collector text (metric names prefixed C(netstate_tcp_)).

@@ -16,16 +16,18 @@ import heapq
 import html
 import io
 import json
+import math
 import os
+import re
+import shutil
+import tempfile
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
-from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank, worst_severity
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
 
 REPORT_SCHEMA = 1
-# 0 for a host without findings, then _diagnose's one severity order shifted by one.
-SEVERITY_RANK = {None: 0, **{name: severity_rank(name) + 1 for name in SEVERITIES}}
 STATUSES = ("ok", "malformed", "failed", "unreachable")
 FORMATS = ("json", "md", "html", "csv", "prom")
 DEFAULT_FORMATS = ("json", "md", "html", "csv")
@@ -37,83 +39,330 @@ OFFENDER_MIN_SOCKETS = 2
 SUMMARY_MAX_HOSTS = 50
 CHART_MAX_HOSTS = 40
 JSON_INDENT_MAX_HOSTS = 1000
+# the longest string of a host's facts the report carries (a summary, a remediation text, a cmdline)
+TEXT_MAX = 4096
+# nesting of a finding's evidence (the deepest evidence _diagnose writes is 3 levels)
+EVIDENCE_MAX_DEPTH = 8
+# what a report file read back (history, merge) may weigh: a 10,000-host report.json is ~40 MiB
+REPORT_MAX_BYTES = 512 * 2**20
+# finding codes are upper-case identifiers (TIME_WAIT_CHURN ...): never markup, never a label breaker
+FINDING_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 class ReportError(Exception):
     """Bad input to the report (options, query); the message names the culprit."""
 
 
+def severity_order(severity) -> int:
+    """0 for no finding, then the order of _diagnose.SEVERITIES (the one severity order), from 1."""
+    return 0 if severity is None else severity_rank(severity) + 1
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str):
+    """Sort key that puts h2 before h10: digit runs compare as numbers."""
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(_DIGITS.split(name))), name
+
+
+# ---------------------------------------------------------------------------
+# what a host sends: a schema of every field a renderer reads, checked before any renderer sees it.
+# A check is a function (value, path) -> problem text or None; the combinators below build the schema.
+
+
+def _is_count(value) -> bool:
+    # bool is a subclass of int and no count
+    return isinstance(value, int) and type(value) is not bool and value >= 0
+
+
+def _is_finite(value) -> bool:
+    if isinstance(value, int):
+        return type(value) is not bool
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _count(value, path):
+    if isinstance(value, int) and type(value) is not bool and value >= 0:
+        return None
+    return f"{path} is {_shown(value)}, not a non-negative integer"
+
+
+def _counts(names):
+    """A mapping holding each of ``names`` as a count (the states table: one loop, no per-key call)."""
+
+    def check(value, path):
+        if not isinstance(value, dict):
+            return f"{path} is {_shown(value)}, not a mapping"
+        for name in names:
+            count = value.get(name)
+            if not isinstance(count, int) or type(count) is bool or count < 0:
+                return f"{path} lacks {name!r}" if name not in value else _count(count, f"{path}.{name}")
+        return None
+
+    return check
+
+
+def _ratio(value, path):
+    if _is_finite(value) and value >= 0:
+        return None
+    return f"{path} is {_shown(value)}, not a finite non-negative number"
+
+
+def _port(value, path):
+    return None if _is_count(value) and value <= 65535 else f"{path} is {_shown(value)}, not a port number"
+
+
+def _text(value, path):
+    if not isinstance(value, str):
+        return f"{path} is {_shown(value)}, not a string"
+    return None if len(value) <= TEXT_MAX else f"{path} is longer than {TEXT_MAX} characters"
+
+
+def _code(value, path):
+    if isinstance(value, str) and FINDING_CODE.fullmatch(value):
+        return None
+    return f"{path} is {_shown(value)}, not a finding code (upper-case letters, digits, _)"
+
+
+def _one_of(choices):
+    def check(value, path):
+        return None if value in choices else f"{path} is {_shown(value)}, not one of {', '.join(choices)}"
+
+    return check
+
+
+def _equal(expected, what):
+    def check(value, path):
+        return (
+            None if value == expected and not isinstance(value, bool) else f"{what} {_shown(value)} is not {expected}"
+        )
+
+    return check
+
+
+def _optional(check):
+    def optional(value, path):
+        return None if value is None else check(value, path)
+
+    return optional
+
+
+def _list_of(item):
+    def check(value, path):
+        if not isinstance(value, list):
+            return f"{path} is {_shown(value)}, not a list"
+        for index, element in enumerate(value):
+            problem = item(element, f"{path}[{index}]")
+            if problem:
+                return problem
+        return None
+
+    return check
+
+
+def _mapping(key, item):
+    def check(value, path):
+        if not isinstance(value, dict):
+            return f"{path} is {_shown(value)}, not a mapping"
+        for name, element in value.items():
+            problem = key(name, f"{path}.{name}") or item(element, f"{path}.{name}")
+            if problem:
+                return problem
+        return None
+
+    return check
+
+
+_ABSENT = object()
+
+
+def _record(fields: dict, required=()):
+    """A mapping with these keys (others are ignored: the report never reads them)."""
+
+    def check(value, path):
+        if not isinstance(value, dict):
+            return f"{path} is {_shown(value)}, not a mapping"
+        for name in required:
+            if name not in value:
+                return f"missing key {name!r}" if not path else f"{path} lacks {name!r}"
+        for name, item in fields.items():
+            element = value.get(name, _ABSENT)
+            if element is not _ABSENT:
+                problem = item(element, f"{path}.{name}" if path else name)
+                if problem:
+                    return problem
+        return None
+
+    return check
+
+
+def _json_data(value, path, depth=0):
+    """Plain JSON data: string keys, finite numbers, bounded depth and strings (a finding's evidence)."""
+    if value is None or isinstance(value, bool) or _is_count(value):
+        return None
+    if isinstance(value, (int, float)):
+        return None if _is_finite(value) else f"{path} is {_shown(value)}, not a finite number"
+    if isinstance(value, str):
+        return _text(value, path)
+    if depth >= EVIDENCE_MAX_DEPTH:
+        return f"{path} is nested deeper than {EVIDENCE_MAX_DEPTH} levels"
+    if isinstance(value, list):
+        for index, element in enumerate(value):
+            problem = _json_data(element, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for name, element in value.items():
+            problem = _text(name, f"{path} key") or _json_data(element, f"{path}.{name}", depth + 1)
+            if problem:
+                return problem
+        return None
+    return f"{path} is {_shown(value)}, not JSON data"
+
+
+def _json_mapping(value, path):
+    return _json_data(value, path) if isinstance(value, dict) else f"{path} is {_shown(value)}, not a mapping"
+
+
+def _shown(value) -> str:
+    """A hostile value in an error message: its type, or a short repr of a scalar."""
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_STATE = _one_of(STATES)
+# a sysctl holds one value or a few (ip_local_port_range [10240, 65000], tcp_mem's three page counts)
+SYSCTL_VALUES_MAX = 8
+
+
+def _sysctl_value(value, path):
+    """A recommended sysctl value: a number, a string, or a short list of them (None: not set)."""
+    if value is None or _is_finite(value):
+        return None
+    if not isinstance(value, list):
+        return _text(value, path)
+    if len(value) > SYSCTL_VALUES_MAX:
+        return f"{path} has more than {SYSCTL_VALUES_MAX} values"
+    for index, element in enumerate(value):
+        problem = None if _is_finite(element) else _text(element, f"{path}[{index}]")
+        if problem:
+            return problem
+    return None
+
+
+def _finding_check(evidence):
+    return _record(
+        {
+            "code": _code,
+            "severity": _one_of(SEVERITIES),
+            "summary": _text,
+            "evidence": evidence,
+            "remediation": _record(
+                {
+                    "kind": _optional(_text),
+                    "text": _optional(_text),
+                    "sysctls": _optional(_mapping(_text, _sysctl_value)),
+                    "profile": _optional(_text),
+                }
+            ),
+        },
+        required=("code", "severity"),
+    )
+
+
+def _mapping_only(value, path):
+    return None if isinstance(value, dict) else f"{path} is {_shown(value)}, not a mapping"
+
+
+FINDING_CHECK = _finding_check(_json_mapping)
+# a report read back went through load_report's JSON parser, which refuses NaN and infinity and gives
+# only string keys: its evidence needs no walk (the bench merges 100,000 hosts' evidence)
+REPORT_FINDING_CHECK = _finding_check(_mapping_only)
+FACTS_CHECK = _record(
+    {
+        "schema": _equal(FACTS_SCHEMA, "schema"),
+        "states": _counts(STATES),
+        "total": _count,
+        "findings": _list_of(FINDING_CHECK),
+        "pressure": _record(
+            {
+                "orphans": _optional(
+                    _record(
+                        {
+                            "count": _optional(_count),
+                            "limit": _optional(_count),
+                            "ratio": _optional(_ratio),
+                            "ratio_penalized_4x": _optional(_ratio),
+                        }
+                    )
+                ),
+                "memory": _optional(_record({"pages": _optional(_count), "ratio_to_high": _optional(_ratio)})),
+                "time_wait": _optional(_record({"ratio": _optional(_ratio)})),
+                "ephemeral_ports": _optional(_record({"ratio": _optional(_ratio)})),
+            }
+        ),
+        "top": _record(
+            {
+                "by_local_port": _mapping(
+                    _STATE, _list_of(_record({"port": _port, "count": _count}, ("port", "count")))
+                ),
+                "by_peer": _mapping(
+                    _STATE,
+                    _list_of(
+                        _record({"address": _text, "count": _count, "scope": _optional(_text)}, ("address", "count"))
+                    ),
+                ),
+            }
+        ),
+        "owners": _mapping(
+            _STATE,
+            _list_of(_record({"pid": _optional(_count), "comm": _optional(_text), "sockets": _count}, ("sockets",))),
+        ),
+        "collected_at": _optional(_text),
+        "kernel": _optional(_text),
+        "source": _optional(_text),
+    },
+    required=("schema", "states", "findings", "pressure"),
+)
+
+
+def check_facts(facts) -> list[str]:
+    """What is wrong with one host's tcp_state facts (empty list: usable).
+
+    Checks every field a renderer or the offenders tables read, against FACTS_CHECK.
+    """
+    if not isinstance(facts, dict):
+        return [f"tcp_state is {type(facts).__name__}, not a mapping"]
+    problem = FACTS_CHECK(facts, "")
+    return [problem] if problem else []
+
+
 # ---------------------------------------------------------------------------
 # per-host: result of tcp_state_facts -> host entry
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def check_facts(facts) -> list[str]:
-    """What is wrong with one host's tcp_state facts (empty list: usable)."""
-    if not isinstance(facts, dict):
-        return [f"tcp_state is {type(facts).__name__}, not a mapping"]
-    problems = []
-    schema = facts.get("schema")
-    if schema is None:
-        problems.append("missing key 'schema'")
-    elif schema != FACTS_SCHEMA:
-        problems.append(f"schema {schema!r} is not the supported schema {FACTS_SCHEMA}")
-    states = facts.get("states")
-    if not isinstance(states, dict):
-        problems.append("missing key 'states'" if states is None else "'states' is not a mapping")
-    else:
-        missing = [name for name in STATES if name not in states]
-        if missing:
-            problems.append("states lack " + ", ".join(missing))
-        bad = [name for name in STATES if name in states and not _is_count(states[name])]
-        if bad:
-            problems.append("states not non-negative integers: " + ", ".join(bad))
-    findings = facts.get("findings")
-    if not isinstance(findings, list):
-        problems.append("missing key 'findings'" if findings is None else "'findings' is not a list")
-    else:
-        for index, finding in enumerate(findings):
-            if (
-                not isinstance(finding, dict)
-                or not isinstance(finding.get("code"), str)
-                or finding.get("severity") not in SEVERITIES
-            ):
-                problems.append(f"findings[{index}] lacks a code or a severity in {', '.join(SEVERITIES)}")
-                break
-    pressure = facts.get("pressure")
-    if not isinstance(pressure, dict):
-        problems.append("missing key 'pressure'" if pressure is None else "'pressure' is not a mapping")
-    for key in ("top", "owners"):
-        if key in facts and not isinstance(facts[key], dict):
-            problems.append(f"'{key}' is not a mapping")
-    return problems
-
-
-def _ratio(section, key):
-    if isinstance(section, dict):
-        value = section.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
 def _pressure_summary(pressure: dict) -> dict:
-    """The pressure numbers the fleet tables and charts use (None when absent)."""
+    """The pressure numbers the fleet tables and charts use (None when absent); already validated."""
     orphans = pressure.get("orphans") or {}
     memory = pressure.get("memory") or {}
     return {
-        "orphans": orphans.get("count") if isinstance(orphans, dict) else None,
-        "orphans_limit": orphans.get("limit") if isinstance(orphans, dict) else None,
-        "orphans_ratio": _ratio(orphans, "ratio"),
-        "orphans_ratio_penalized_4x": _ratio(orphans, "ratio_penalized_4x"),
-        "memory_pages": memory.get("pages") if isinstance(memory, dict) else None,
-        "memory_ratio_to_high": _ratio(memory, "ratio_to_high"),
-        "time_wait_ratio": _ratio(pressure.get("time_wait"), "ratio"),
-        "ephemeral_ports_ratio": _ratio(pressure.get("ephemeral_ports"), "ratio"),
+        "orphans": orphans.get("count"),
+        "orphans_limit": orphans.get("limit"),
+        "orphans_ratio": _float_or_none(orphans.get("ratio")),
+        "orphans_ratio_penalized_4x": _float_or_none(orphans.get("ratio_penalized_4x")),
+        "memory_pages": memory.get("pages"),
+        "memory_ratio_to_high": _float_or_none(memory.get("ratio_to_high")),
+        "time_wait_ratio": _float_or_none((pressure.get("time_wait") or {}).get("ratio")),
+        "ephemeral_ports_ratio": _float_or_none((pressure.get("ephemeral_ports") or {}).get("ratio")),
     }
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)
 
 
 def _empty_entry(name: str, status: str, error) -> dict:
@@ -139,7 +388,7 @@ def host_entry(name: str, result=None, facts=None, in_play: bool = True) -> dict
     """
     if isinstance(result, dict):
         if result.get("unreachable"):
-            return _empty_entry(name, "unreachable", str(result.get("msg") or "host unreachable"))
+            return _empty_entry(name, "unreachable", _text_of(result.get("msg")) or "host unreachable")
         if result.get("failed"):
             return _empty_entry(name, "failed", _failure_message(result))
         if result.get("skipped"):
@@ -154,8 +403,8 @@ def host_entry(name: str, result=None, facts=None, in_play: bool = True) -> dict
     problems = check_facts(facts)
     if problems:
         entry = _empty_entry(name, "malformed", "; ".join(problems))
-        if isinstance(facts, dict):
-            entry["schema"] = facts.get("schema")
+        schema = facts.get("schema") if isinstance(facts, dict) else None
+        entry["schema"] = schema if _is_count(schema) else None
         return entry
     states = facts["states"]
     findings = [
@@ -168,13 +417,12 @@ def host_entry(name: str, result=None, facts=None, in_play: bool = True) -> dict
         }
         for f in facts["findings"]
     ]
-    worst = max((SEVERITY_RANK[f["severity"]] for f in findings), default=0)
     total = facts.get("total")
     entry = {
         "name": name,
         "status": "ok",
-        "severity": SEVERITIES[worst - 1] if worst else None,
-        "total": total if _is_count(total) else sum(states[s] for s in STATES),
+        "severity": worst_severity(f["severity"] for f in findings),
+        "total": total if total is not None else sum(states[s] for s in STATES),
         "states": {s: states[s] for s in STATES},
         "findings": findings,
         "pressure": _pressure_summary(facts["pressure"]),
@@ -186,8 +434,16 @@ def host_entry(name: str, result=None, facts=None, in_play: bool = True) -> dict
     return entry
 
 
+def _text_of(value) -> str:
+    """A message from a host result (any type) as bounded text."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else repr(value)
+    return text[:TEXT_MAX]
+
+
 def _failure_message(result: dict) -> str:
-    msg = str(result.get("msg") or "tcp_state_facts failed")
+    msg = _text_of(result.get("msg")) or "tcp_state_facts failed"
     stderr = result.get("module_stderr")
     if isinstance(stderr, str) and stderr.strip():
         msg += ": " + stderr.strip().splitlines()[-1][:300]
@@ -200,53 +456,42 @@ def _failure_message(result: dict) -> str:
 
 def _host_sort_key(entry):
     # worst first: critical hosts, then by number of findings, then the
-    # hosts we know nothing about (unreachable/failed/malformed), then ok.
-    status_rank = {"ok": 0, "malformed": 1, "failed": 1, "unreachable": 1}[entry["status"]]
-    return (-SEVERITY_RANK[entry["severity"]], -len(entry["findings"]), -status_rank, entry["name"])
+    # hosts we know nothing about (unreachable/failed/malformed), then ok; names naturally (h2 before h10).
+    status_rank = 0 if entry["status"] == "ok" else 1
+    return (-severity_order(entry["severity"]), -len(entry["findings"]), -status_rank, natural_key(entry["name"]))
 
 
 def _iter_offenders(name, facts):
-    """(count, kind, item) for a host's top ports, processes and peers."""
-    top = facts.get("top")
-    if isinstance(top, dict):
-        for kind, table, key in (("ports", "by_local_port", "port"), ("peers", "by_peer", "address")):
-            by_state = top.get(table)
-            if not isinstance(by_state, dict):
-                continue
-            for state, rows in by_state.items():
-                if not isinstance(rows, list):
-                    continue
-                for row in rows:
-                    count = row.get("count") if isinstance(row, dict) else None
-                    if _is_count(count) and count >= OFFENDER_MIN_SOCKETS and key in row:
-                        item = {"host": name, "state": state, key: row[key], "count": row["count"]}
-                        if kind == "peers" and "scope" in row:
-                            item["scope"] = row["scope"]
-                        yield row["count"], kind, item
-    owners = facts.get("owners")
-    if isinstance(owners, dict):
-        for state, rows in owners.items():
-            if not isinstance(rows, list):
-                continue
+    """(count, kind, item) for a host's top ports, processes and peers (facts already checked)."""
+    top = facts.get("top") or {}
+    for kind, table, key in (("ports", "by_local_port", "port"), ("peers", "by_peer", "address")):
+        for state, rows in (top.get(table) or {}).items():
             for row in rows:
-                sockets = row.get("sockets") if isinstance(row, dict) else None
-                if _is_count(sockets) and sockets >= OFFENDER_MIN_SOCKETS:
-                    item = {
-                        "host": name,
-                        "state": state,
-                        "pid": row.get("pid"),
-                        "comm": row.get("comm"),
-                        "sockets": row["sockets"],
-                    }
-                    yield row["sockets"], "processes", item
+                if row["count"] >= OFFENDER_MIN_SOCKETS:
+                    item = {"host": name, "state": state, key: row[key], "count": row["count"]}
+                    if kind == "peers" and row.get("scope") is not None:
+                        item["scope"] = row["scope"]
+                    yield row["count"], kind, item
+    for state, rows in (facts.get("owners") or {}).items():
+        for row in rows:
+            if row["sockets"] >= OFFENDER_MIN_SOCKETS:
+                item = {
+                    "host": name,
+                    "state": state,
+                    "pid": row.get("pid"),
+                    "comm": row.get("comm"),
+                    "sockets": row["sockets"],
+                }
+                yield row["sockets"], "processes", item
 
 
-def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP) -> dict:
+def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offenders=()) -> dict:
     """Aggregate the fleet.
 
     ``hosts`` is an iterable of ``(entry, facts)`` pairs: the host entry from
     :func:`host_entry` and the raw tcp_state dict it came from (or None), which
-    is read once more here for the offenders and then dropped.
+    is read once more here for the offenders and then dropped. ``offenders``
+    adds ready (count, kind, item) offenders (from partial reports, see merge_reports).
     """
     compiled = compile_query(query) if query else None
     totals_states = dict.fromkeys(STATES, 0)
@@ -257,6 +502,16 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP) -> dic
     heaps = {"ports": [], "processes": [], "peers": []}
     entries = []
     sequence = 0
+
+    def offend(count, kind, item):
+        nonlocal sequence
+        heap = heaps[kind]
+        sequence += 1
+        if len(heap) < top:
+            heapq.heappush(heap, (count, -sequence, item))
+        elif count > heap[0][0]:
+            heapq.heapreplace(heap, (count, -sequence, item))
+
     for entry, facts in hosts:
         entries.append(entry)
         by_status[entry["status"]] += 1
@@ -272,13 +527,11 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP) -> dic
             if code not in seen_codes:
                 seen_codes.add(code)
                 findings_by_code.setdefault(code, []).append(entry["name"])
-        for count, kind, item in _iter_offenders(entry["name"], facts):
-            heap = heaps[kind]
-            sequence += 1
-            if len(heap) < top:
-                heapq.heappush(heap, (count, -sequence, item))
-            elif count > heap[0][0]:
-                heapq.heapreplace(heap, (count, -sequence, item))
+        if facts is not None:
+            for offender in _iter_offenders(entry["name"], facts):
+                offend(*offender)
+    for offender in offenders:
+        offend(*offender)
     entries.sort(key=_host_sort_key)
     report = {
         "schema": REPORT_SCHEMA,
@@ -291,12 +544,17 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP) -> dic
             "severities": by_severity,
         },
         "hosts": entries,
-        "findings_by_code": {code: sorted(names) for code, names in sorted(findings_by_code.items())},
+        "findings_by_code": {code: sorted(names, key=natural_key) for code, names in sorted(findings_by_code.items())},
         "offenders": {kind: [item for _c, _s, item in sorted(heap, reverse=True)] for kind, heap in heaps.items()},
     }
     if compiled is not None:
         report["query"] = query
-        report["query_result"] = run_query(compiled, query, report)
+        # a valid query that fails on this data must not lose the report: the error goes beside it
+        try:
+            report["query_result"] = run_query(compiled, query, report)
+        except ReportError as exc:
+            report["query_result"] = None
+            report["query_error"] = str(exc)
     return report
 
 
@@ -328,6 +586,228 @@ def run_query(compiled, query: str, report: dict):
 
 
 # ---------------------------------------------------------------------------
+# reports read back: the previous audit (history) and partial audits (merge). A report file is
+# hostile input as much as a host's facts: it is checked against what this module writes.
+
+_PRESSURE_SUMMARY_CHECK = _record(
+    {
+        **dict.fromkeys(("orphans", "orphans_limit", "memory_pages"), _optional(_count)),
+        **dict.fromkeys(
+            (
+                "orphans_ratio",
+                "orphans_ratio_penalized_4x",
+                "memory_ratio_to_high",
+                "time_wait_ratio",
+                "ephemeral_ports_ratio",
+            ),
+            _optional(_ratio),
+        ),
+    }
+)
+ENTRY_CHECK = _record(
+    {
+        "name": _text,
+        "status": _one_of(STATUSES),
+        "total": _optional(_count),
+        "states": _optional(_counts(STATES)),
+        "findings": _list_of(REPORT_FINDING_CHECK),
+        "pressure": _optional(_PRESSURE_SUMMARY_CHECK),
+        "error": _optional(_text),
+        "collected_at": _optional(_text),
+        "kernel": _optional(_text),
+        "source": _optional(_text),
+    },
+    required=("name", "status", "findings"),
+)
+_OFFENDER_BASE = {"host": _text, "state": _STATE}
+REPORT_CHECK = _record(
+    {
+        "schema": _equal(REPORT_SCHEMA, "report schema"),
+        "generated_at": _text,
+        "hosts": _list_of(ENTRY_CHECK),
+        "offenders": _record(
+            {
+                "ports": _list_of(
+                    _record({**_OFFENDER_BASE, "port": _port, "count": _count}, ("host", "state", "count"))
+                ),
+                "processes": _list_of(
+                    _record(
+                        {**_OFFENDER_BASE, "pid": _optional(_count), "comm": _optional(_text), "sockets": _count},
+                        ("host", "state", "sockets"),
+                    )
+                ),
+                "peers": _list_of(
+                    _record(
+                        {**_OFFENDER_BASE, "address": _text, "count": _count, "scope": _optional(_text)},
+                        ("host", "state", "count"),
+                    )
+                ),
+            }
+        ),
+    },
+    required=("schema", "generated_at", "hosts"),
+)
+
+
+def report_path(path: str) -> str:
+    """A report.json path, or a directory holding one (an output_dir: its latest/report.json)."""
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "report.json"), os.path.join(path, "latest", "report.json")):
+            if os.path.isfile(candidate):
+                return candidate
+        raise ReportError(f"{path}: no report.json in this directory nor in its latest/")
+    return path
+
+
+def _refuse_constant(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text):
+    # json reads 1e999 as inf without asking parse_constant
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def load_report(path: str) -> dict:
+    """Read and check a report.json written by write_reports (of this or another controller)."""
+    path = report_path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > REPORT_MAX_BYTES:
+                raise ReportError(f"{path}: {size} bytes, more than a report may hold ({REPORT_MAX_BYTES})")
+            report = json.loads(fh.read(), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ReportError(f"{path}: not a JSON report: {str(exc)[:200]}") from exc
+    if not isinstance(report, dict):
+        raise ReportError(f"{path}: not a report (a JSON {type(report).__name__})")
+    problem = REPORT_CHECK(report, "")
+    if problem:
+        raise ReportError(f"{path}: not a netstate.tcp report (schema {REPORT_SCHEMA}): {problem}")
+    return report
+
+
+def entry_from_report(raw: dict) -> dict:
+    """A host entry read back from a checked report; severity and total recomputed from the entry itself."""
+    if raw["status"] != "ok" or raw.get("states") is None:
+        status = "malformed" if raw["status"] == "ok" else raw["status"]
+        return _empty_entry(raw["name"], status, raw.get("error") or ("no states" if status == "malformed" else None))
+    entry = {
+        "name": raw["name"],
+        "status": "ok",
+        "severity": worst_severity(f["severity"] for f in raw["findings"]),
+        "total": raw["total"] if raw.get("total") is not None else sum(raw["states"].values()),
+        "states": {s: raw["states"][s] for s in STATES},
+        # checked, from parsed JSON: kept as they are (rebuilding 100,000 hosts' findings costs a second)
+        "findings": raw["findings"],
+        "pressure": {key: (raw.get("pressure") or {}).get(key) for key in PRESSURE_KEYS},
+        "error": None,
+    }
+    for key in ("collected_at", "kernel", "source"):
+        entry[key] = raw.get(key)
+    return entry
+
+
+PRESSURE_KEYS = (
+    "orphans",
+    "orphans_limit",
+    "orphans_ratio",
+    "orphans_ratio_penalized_4x",
+    "memory_pages",
+    "memory_ratio_to_high",
+    "time_wait_ratio",
+    "ephemeral_ports_ratio",
+)
+
+
+def merge_reports(paths) -> tuple[list, list, list]:
+    """Partial reports (job slices, regions) -> (host pairs, offenders, sources) for build_report.
+
+    A host in several reports is taken from the report where it answered (status ok), else from
+    the newest; the offenders of each report are kept for the hosts taken from it. Each report's
+    offenders are its top-N, so the top-N of their union is the top-N of the whole fleet.
+    """
+    chosen: dict[str, tuple] = {}
+    loaded = []
+    for index, path in enumerate(paths):
+        report = load_report(path)
+        loaded.append((path, report))
+        for raw in report["hosts"]:
+            rank = (raw["status"] == "ok", report["generated_at"], index)
+            if raw["name"] not in chosen or rank > chosen[raw["name"]][0]:
+                chosen[raw["name"]] = (rank, index, raw)
+    pairs = [(entry_from_report(raw), None) for _rank, _index, raw in chosen.values()]
+    offenders = []
+    for index, (_path, report) in enumerate(loaded):
+        for kind, rows in (report.get("offenders") or {}).items():
+            count_key = "sockets" if kind == "processes" else "count"
+            for row in rows:
+                taken = chosen.get(row["host"])
+                if taken is not None and taken[1] == index and row[count_key] >= OFFENDER_MIN_SOCKETS:
+                    offenders.append((row[count_key], kind, row))
+    sources = [{"path": os.path.abspath(report_path(path)), "generated_at": r["generated_at"]} for path, r in loaded]
+    return pairs, offenders, sources
+
+
+def compare_reports(previous, report: dict, previous_error=None) -> dict:
+    """What changed since the previous report: report.json's ``changes``.
+
+    Findings and states are compared on hosts that answered (status ok) in both audits; a host
+    only in one of them is in hosts_added or hosts_removed.
+    """
+    changes = {
+        "previous": None,
+        "new_findings": [],
+        "resolved_findings": [],
+        "severity_changes": [],
+        "hosts_added": [],
+        "hosts_removed": [],
+        "state_deltas": {},
+    }
+    if previous is None:
+        if previous_error:
+            changes["previous_error"] = previous_error
+        return changes
+    changes["previous"] = previous["generated_at"]
+    before = {e["name"]: e for e in previous["hosts"]}
+    now = {e["name"]: e for e in report["hosts"]}
+    changes["hosts_added"] = sorted(set(now) - set(before), key=natural_key)
+    changes["hosts_removed"] = sorted(set(before) - set(now), key=natural_key)
+    for name in sorted(set(now) & set(before), key=natural_key):
+        old, new = before[name], now[name]
+        if old["status"] != "ok" or new["status"] != "ok" or old.get("states") is None:
+            continue
+        old_codes, new_codes = _worst_by_code(old), _worst_by_code(new)
+        for code in sorted(set(new_codes) - set(old_codes)):
+            changes["new_findings"].append({"host": name, "code": code, "severity": new_codes[code]})
+        for code in sorted(set(old_codes) - set(new_codes)):
+            changes["resolved_findings"].append({"host": name, "code": code, "severity": old_codes[code]})
+        for code in sorted(set(old_codes) & set(new_codes)):
+            if old_codes[code] != new_codes[code]:
+                changes["severity_changes"].append(
+                    {"host": name, "code": code, "severity": new_codes[code], "previous": old_codes[code]}
+                )
+        deltas = {s: new["states"][s] - old["states"][s] for s in STATES if new["states"][s] != old["states"][s]}
+        if deltas:
+            changes["state_deltas"][name] = deltas
+    return changes
+
+
+def _worst_by_code(entry) -> dict:
+    worst: dict[str, str] = {}
+    for finding in entry["findings"]:
+        code = finding["code"]
+        if severity_order(finding["severity"]) > severity_order(worst.get(code)):
+            worst[code] = finding["severity"]
+    return worst
+
+
+# ---------------------------------------------------------------------------
 # renderers
 
 
@@ -345,14 +825,39 @@ def _finding_codes(entry):
     return sorted({f["code"] for f in entry["findings"]})
 
 
+# control characters (newlines, escape sequences) and the Unicode line and paragraph separators
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(value) -> str:
+    """Host text on one terminal or table line: every control character becomes a space."""
+    return _CONTROL.sub(" ", "" if value is None else str(value))
+
+
 def render_json(report: dict) -> str:
-    # indented for people on small fleets; json's C encoder runs only without indent (5x faster on 10k hosts)
+    # indented for people on small fleets; json's C encoder runs only without indent (5x faster on 10k hosts).
+    # allow_nan=False: NaN and Infinity are not JSON; the host checks keep them out, this refuses any that slipped in
     indent = 1 if len(report["hosts"]) <= JSON_INDENT_MAX_HOSTS else None
-    return json.dumps(report, indent=indent, default=str) + "\n"
+    return json.dumps(report, indent=indent, default=str, allow_nan=False) + "\n"
+
+
+def changes_line(report: dict) -> str:
+    """One line: what changed since the last audit (the last line of the terminal summary)."""
+    changes = report.get("changes")
+    if changes is None:
+        return ""
+    if changes["previous"] is None:
+        why = f" ({one_line(changes['previous_error'])[:200]})" if changes.get("previous_error") else ""
+        return f"since the last audit: no previous report to compare with{why}"
+    return (
+        f"since the last audit ({changes['previous']}): {len(changes['new_findings'])} new findings, "
+        f"{len(changes['resolved_findings'])} resolved, {len(changes['severity_changes'])} severity changes, "
+        f"{len(changes['hosts_added'])} hosts added, {len(changes['hosts_removed'])} removed"
+    )
 
 
 def summary_table(report: dict, report_dir=None, limit=SUMMARY_MAX_HOSTS) -> str:
-    """The terminal summary: one line per host, worst first."""
+    """The terminal summary: one line per host, worst first; host text on one line each."""
     fleet = report["fleet"]
     lines = [
         f"{'HOST':<24} {'STATUS':<11} {'WORST':<8} {'SOCKETS':>8}  {'TOP STATES':<44} FINDINGS / ERROR",
@@ -364,9 +869,9 @@ def summary_table(report: dict, report_dir=None, limit=SUMMARY_MAX_HOSTS) -> str
             total = str(entry["total"])
         else:
             tops, total = "-", "-"
-            tail = (entry["error"] or "")[:100]
+            tail = one_line(entry["error"])[:100]
         lines.append(
-            f"{entry['name'][:24]:<24} {entry['status']:<11} {entry['severity'] or '-':<8} "
+            f"{one_line(entry['name'])[:24]:<24} {entry['status']:<11} {entry['severity'] or '-':<8} "
             f"{total:>8}  {tops[:44]:<44} {tail}"
         )
     if len(report["hosts"]) > limit:
@@ -380,13 +885,62 @@ def summary_table(report: dict, report_dir=None, limit=SUMMARY_MAX_HOSTS) -> str
             else "no findings"
         )
     )
+    if report.get("query_error"):
+        lines.append("query error: " + one_line(report["query_error"]))
     if report_dir:
-        lines.append(f"reports: {report_dir}")
+        lines.append(f"reports: {one_line(report_dir)}")
+    if "changes" in report:
+        lines.append(changes_line(report))
     return "\n".join(lines)
 
 
-def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+# Markdown: HTML is allowed inline, | splits table cells, ` opens code, [ ] make links, * emphasis
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
+
+
+def _md(value) -> str:
+    """Host text as Markdown text: one line, HTML-escaped, Markdown punctuation backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(one_line(value), quote=False))
+
+
+def _md_changes(report: dict) -> list:
+    changes = report.get("changes")
+    if changes is None:
+        return []
+    out = ["## Since the last audit", ""]
+    if changes["previous"] is None:
+        out += [_md(changes_line(report)), ""]
+        return out
+    out += [f"Compared with the report of {_md(changes['previous'])}.", ""]
+    for key, label in (
+        ("new_findings", "New findings"),
+        ("resolved_findings", "Resolved findings"),
+        ("severity_changes", "Severity changes"),
+    ):
+        rows = changes[key]
+        out.append(f"- {label}: " + (", ".join(_change_text(row) for row in rows) if rows else "none"))
+    for key, label in (("hosts_added", "Hosts added"), ("hosts_removed", "Hosts removed")):
+        out.append(f"- {label}: " + (", ".join(_md(name) for name in changes[key]) or "none"))
+    deltas = changes["state_deltas"]
+    out.append(
+        "- State changes: "
+        + (
+            "; ".join(
+                f"{_md(host)}: " + ", ".join(f"{_md(state)} {delta:+d}" for state, delta in states.items())
+                for host, states in deltas.items()
+            )
+            or "none"
+        )
+    )
+    out.append("")
+    return out
+
+
+def _change_text(row) -> str:
+    text = f"{_md(row['host'])} {_md(row['code'])} ({_md(row['severity'])}"
+    if "previous" in row:
+        text += f", was {_md(row['previous'])}"
+    return text + ")"
 
 
 def render_md(report: dict) -> str:
@@ -394,8 +948,9 @@ def render_md(report: dict) -> str:
     out = [
         "# TCP state fleet audit",
         "",
-        f"Generated {report['generated_at']} by netstate.tcp (report schema {report['schema']}).",
+        f"Generated {_md(report['generated_at'])} by netstate.tcp (report schema {report['schema']}).",
         "",
+        *_md_changes(report),
         f"{fleet['hosts']} hosts: {fleet['ok']} ok, {fleet['malformed']} malformed, "
         f"{fleet['failed']} failed, {fleet['unreachable']} unreachable. "
         f"{report['totals']['sockets']} TCP sockets on the hosts that answered.",
@@ -409,27 +964,27 @@ def render_md(report: dict) -> str:
         if entry["status"] == "ok":
             tops = ", ".join(f"{s} {n}" for s, n in top_states(entry["states"])) or "-"
             out.append(
-                f"| {_md_cell(entry['name'])} | ok | {entry['severity'] or '-'} | {entry['total']} | {tops} | "
-                f"{', '.join(_finding_codes(entry)) or '-'} |"
+                f"| {_md(entry['name'])} | ok | {entry['severity'] or '-'} | {entry['total']} | {_md(tops)} | "
+                f"{_md(', '.join(_finding_codes(entry))) or '-'} |"
             )
         else:
-            out.append(f"| {_md_cell(entry['name'])} | {entry['status']} | - | - | - | {_md_cell(entry['error'])} |")
+            out.append(f"| {_md(entry['name'])} | {entry['status']} | - | - | - | {_md(entry['error'])} |")
     out += ["", "## Fleet totals by state", "", "| state | sockets |", "| --- | ---: |"]
-    out += [f"| {s} | {n} |" for s, n in report["totals"]["states"].items()]
+    out += [f"| {_md(s)} | {n} |" for s, n in report["totals"]["states"].items()]
     out += ["", "## Findings by code", ""]
     if not report["findings_by_code"]:
         out.append("No findings.")
     remedies = _first_remediations(report)
     for code, names in report["findings_by_code"].items():
-        out += [f"### {code} ({_hosts(len(names))})", "", "Hosts: " + ", ".join(_md_cell(n) for n in names), ""]
+        out += [f"### {_md(code)} ({_hosts(len(names))})", "", "Hosts: " + ", ".join(_md(n) for n in names), ""]
         summary, remediation = remedies.get(code, ("", {}))
         if summary:
-            out += [f"Example: {_md_cell(summary)}", ""]
+            out += [f"Example: {_md(summary)}", ""]
         if remediation.get("text"):
-            out += [f"What to do ({remediation.get('kind', 'see text')}): {remediation['text']}", ""]
+            out += [f"What to do ({_md(remediation.get('kind') or 'see text')}): {_md(remediation['text'])}", ""]
         sysctls = remediation.get("sysctls") or {}
         if sysctls:
-            out += ["Suggested sysctls: " + ", ".join(f"`{k} = {v}`" for k, v in sysctls.items()), ""]
+            out += ["Suggested sysctls: " + ", ".join(f"{_md(k)} = {_md(v)}" for k, v in sysctls.items()), ""]
     out += ["## Worst offenders across the fleet", ""]
     for kind, key, label in (
         ("ports", "port", "local port"),
@@ -445,24 +1000,22 @@ def render_md(report: dict) -> str:
         out += [f"| host | state | {label} | sockets |", "| --- | --- | --- | ---: |"]
         for row in rows:
             what = f"{row.get('comm')} (pid {row.get('pid')})" if kind == "processes" else row.get(key)
-            out.append(f"| {_md_cell(row['host'])} | {row['state']} | {_md_cell(what)} | {row[count_key]} |")
+            out.append(f"| {_md(row['host'])} | {_md(row['state'])} | {_md(what)} | {row[count_key]} |")
         out.append("")
     problems = [e for e in report["hosts"] if e["status"] != "ok"]
     if problems:
         out += ["## Hosts without usable facts", "", "| host | status | error |", "| --- | --- | --- |"]
-        out += [f"| {_md_cell(e['name'])} | {e['status']} | {_md_cell(e['error'])} |" for e in problems]
+        out += [f"| {_md(e['name'])} | {e['status']} | {_md(e['error'])} |" for e in problems]
         out.append("")
     if "query" in report:
-        out += [
-            "## Query",
-            "",
-            f"`{report['query']}`",
-            "",
-            "```json",
-            json.dumps(report["query_result"], indent=1, default=str),
-            "```",
-            "",
-        ]
+        out += ["## Query", "", _md(report["query"]), ""]
+        if report.get("query_error"):
+            out += [f"Query error: {_md(report['query_error'])}", ""]
+        else:
+            # a fenced block shows text as is; a fence longer than any backtick run inside cannot be closed early
+            text = json.dumps(report["query_result"], indent=1, default=str)
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+            out += [fence + "json", text, fence, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -480,34 +1033,53 @@ def _first_remediations(report: dict) -> dict:
 
 
 CSV_PRESSURE = ("orphans", "orphans_limit", "orphans_ratio", "memory_pages", "memory_ratio_to_high", "time_wait_ratio")
+# a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    """A cell as data: text that a spreadsheet would run as a formula gets a leading quote (OWASP)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return "'" + value if value.startswith(CSV_FORMULA_PREFIXES) else value
+    return value if _is_finite(value) else ""
 
 
 def render_csv(report: dict) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: the writer then quotes a field holding a bare CR as well as one holding LF
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(
         ["host", "status", "worst_severity", "sockets", *STATES, "findings", *CSV_PRESSURE, "error"],
     )
     for entry in report["hosts"]:
         states = entry["states"] or {}
         pressure = entry["pressure"] or {}
-        writer.writerow(
-            [
-                entry["name"],
-                entry["status"],
-                entry["severity"] or "",
-                "" if entry["total"] is None else entry["total"],
-                *(states.get(s, "") for s in STATES),
-                " ".join(_finding_codes(entry)),
-                *("" if pressure.get(k) is None else pressure[k] for k in CSV_PRESSURE),
-                entry["error"] or "",
-            ]
-        )
+        row = [
+            entry["name"],
+            entry["status"],
+            entry["severity"],
+            entry["total"],
+            *(states.get(s) for s in STATES),
+            " ".join(_finding_codes(entry)),
+            *(pressure.get(k) for k in CSV_PRESSURE),
+            entry["error"],
+        ]
+        writer.writerow([_csv_cell(value) for value in row])
     return buffer.getvalue()
 
 
 def _prom_label(value) -> str:
+    # the text format escapes exactly these three in label values
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _prom_number(value):
+    """A sample value: only a finite int or float (anything else would break or forge sample lines)."""
+    if not _is_finite(value):
+        return None
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def render_prom(entry: dict, generated_at: str) -> str:
@@ -516,22 +1088,27 @@ def render_prom(entry: dict, generated_at: str) -> str:
         "# HELP netstate_tcp_sockets TCP sockets by state (netstate.tcp tcp_state_facts).",
         "# TYPE netstate_tcp_sockets gauge",
     ]
-    lines += [f'netstate_tcp_sockets{{state="{s}"}} {n}' for s, n in entry["states"].items()]
+    for state in STATES:
+        value = _prom_number((entry["states"] or {}).get(state))
+        if value is not None:
+            lines.append(f'netstate_tcp_sockets{{state="{state}"}} {value}')
     counts: dict[tuple[str, str], int] = {}
     for finding in entry["findings"]:
-        key = (finding["code"], finding["severity"])
+        key = (str(finding["code"]), str(finding["severity"]))
         counts[key] = counts.get(key, 0) + 1
     lines += [
         "# HELP netstate_tcp_findings Findings of the last netstate.tcp audit by code and severity.",
         "# TYPE netstate_tcp_findings gauge",
     ]
     lines += [
-        f'netstate_tcp_findings{{code="{_prom_label(c)}",severity="{s}"}} {n}' for (c, s), n in sorted(counts.items())
+        f'netstate_tcp_findings{{code="{_prom_label(c)}",severity="{_prom_label(s)}"}} {n}'
+        for (c, s), n in sorted(counts.items())
     ]
+    worst = entry["severity"] if entry["severity"] in SEVERITIES else None
     lines += [
         "# HELP netstate_tcp_worst_severity Worst finding severity (0 none, 1 info, 2 warning, 3 critical).",
         "# TYPE netstate_tcp_worst_severity gauge",
-        f"netstate_tcp_worst_severity {SEVERITY_RANK[entry['severity']]}",
+        f"netstate_tcp_worst_severity {severity_order(worst)}",
     ]
     pressure = entry["pressure"] or {}
     for key, help_text in (
@@ -543,7 +1120,7 @@ def render_prom(entry: dict, generated_at: str) -> str:
         ("time_wait_ratio", "TIME_WAIT sockets over tcp_max_tw_buckets."),
         ("ephemeral_ports_ratio", "Busiest ephemeral port tuple over the port range."),
     ):
-        value = pressure.get(key)
+        value = _prom_number(pressure.get(key))
         if value is None:
             continue
         lines += [
@@ -642,7 +1219,7 @@ def _badge(text, color) -> str:
 def _svg_states_per_host(hosts: list) -> str:
     """Stacked horizontal bars: one bar per host, one segment per state."""
     label_w, bar_w, row_h = 190, 620, 18
-    scale_max = max((h["total"] or 0 for h in hosts), default=0) or 1
+    scale_max = max((h["total"] for h in hosts if _is_count(h["total"])), default=0) or 1
     height = row_h * len(hosts) + 24
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="chart-states" role="img" width="{label_w + bar_w + 80}" '
@@ -654,7 +1231,7 @@ def _svg_states_per_host(hosts: list) -> str:
         x = float(label_w)
         for state in STATES:
             count = entry["states"][state]
-            if not count:
+            if not _is_count(count) or not count:
                 continue
             width = bar_w * count / scale_max
             parts.append(
@@ -674,7 +1251,7 @@ def _svg_findings_by_code(report: dict) -> str:
     worst = {}
     for entry in report["hosts"]:
         for finding in entry["findings"]:
-            if SEVERITY_RANK[finding["severity"]] > SEVERITY_RANK[worst.get(finding["code"])]:
+            if severity_order(finding["severity"]) > severity_order(worst.get(finding["code"])):
                 worst[finding["code"]] = finding["severity"]
     height = row_h * len(codes) + 8
     parts = [
@@ -689,7 +1266,7 @@ def _svg_findings_by_code(report: dict) -> str:
             f'<rect x="{label_w}" y="{y}" width="{width:.1f}" height="{row_h - 6}" '
             f'fill="{SEVERITY_COLORS[worst.get(code)]}"><title>{_e(code)}: {len(names)} hosts</title></rect>'
         )
-        label = f"{_hosts(len(names))} ({worst.get(code)})"
+        label = _e(f"{_hosts(len(names))} ({worst.get(code)})")
         parts.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 13}">{label}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -716,6 +1293,7 @@ def _svg_pressure(hosts: list) -> str:
             (11, "memory_ratio_to_high", "#4e79a7", "TCP memory / tcp_mem[2]"),
         ):
             value = pressure.get(key)
+            value = value if _is_finite(value) and value >= 0 else None  # never width="nan"
             shown = "n/a" if value is None else f"{value * 100:.1f}%"
             width = 0 if value is None else min(value, 1.0) * bar_w
             parts.append(
@@ -730,14 +1308,45 @@ def _svg_pressure(hosts: list) -> str:
 def _chart_hosts(report: dict, key) -> tuple[list, str]:
     ok_hosts = [e for e in report["hosts"] if e["status"] == "ok"]
     if len(ok_hosts) <= CHART_MAX_HOSTS:
-        return sorted(ok_hosts, key=lambda e: (-key(e), e["name"])), ""
+        return sorted(ok_hosts, key=lambda e: (-key(e), natural_key(e["name"]))), ""
     chosen = heapq.nlargest(CHART_MAX_HOSTS, ok_hosts, key=lambda e: (key(e), e["name"]))
     return chosen, f'<p class="muted">Showing the {CHART_MAX_HOSTS} highest of {len(ok_hosts)} hosts.</p>'
 
 
 def _max_pressure(entry):
     pressure = entry["pressure"] or {}
-    return max(pressure.get("orphans_ratio") or 0.0, pressure.get("memory_ratio_to_high") or 0.0)
+    ratios = (pressure.get("orphans_ratio"), pressure.get("memory_ratio_to_high"))
+    return max((value for value in ratios if _is_finite(value)), default=0.0)
+
+
+def _html_changes(report: dict) -> list:
+    changes = report.get("changes")
+    if changes is None:
+        return []
+    out = ['<h2 id="changes">Since the last audit</h2>']
+    if changes["previous"] is None:
+        return [*out, f"<p>{_e(changes_line(report))}</p>"]
+    out.append(f"<p>Compared with the report of {_e(changes['previous'])}.</p><ul>")
+    for key, label in (
+        ("new_findings", "New findings"),
+        ("resolved_findings", "Resolved findings"),
+        ("severity_changes", "Severity changes"),
+    ):
+        rows = changes[key]
+        text = ", ".join(
+            f"{row['host']} {row['code']} ({row['severity']}"
+            + (f", was {row['previous']})" if "previous" in row else ")")
+            for row in rows
+        )
+        out.append(f"<li><b>{label}:</b> {_e(text or 'none')}</li>")
+    for key, label in (("hosts_added", "Hosts added"), ("hosts_removed", "Hosts removed")):
+        out.append(f"<li><b>{label}:</b> {_e(', '.join(changes[key]) or 'none')}</li>")
+    deltas = "; ".join(
+        f"{host}: " + ", ".join(f"{state} {delta:+d}" for state, delta in states.items())
+        for host, states in changes["state_deltas"].items()
+    )
+    out.append(f"<li><b>State changes:</b> {_e(deltas or 'none')}</li></ul>")
+    return out
 
 
 def render_html(report: dict) -> str:
@@ -765,6 +1374,7 @@ def render_html(report: dict) -> str:
     ]
     out += [f'<div class="card" style="border-top:4px solid {c}"><b>{v}</b>{_e(k)}</div>' for k, v, c in cards]
     out.append("</div>")
+    out += _html_changes(report)
 
     legend = "".join(f'<span><i style="background:{STATE_COLORS[s]}"></i>{s}</span>' for s in STATES)
     state_hosts, note = _chart_hosts(report, key=lambda e: e["total"] or 0)
@@ -808,7 +1418,7 @@ def render_html(report: dict) -> str:
             tops, total, detail = "-", "", _e(entry["error"])
         out.append(
             f"<tr><td>{_e(entry['name'])}</td><td>{status}</td>"
-            f'<td data-v="{SEVERITY_RANK[entry["severity"]]}">{severity}</td>'
+            f'<td data-v="{severity_order(entry["severity"])}">{severity}</td>'
             f'<td class="n">{total}</td><td>{_e(tops)}</td><td>{detail}</td></tr>'
         )
     out.append("</tbody></table>")
@@ -854,11 +1464,11 @@ def render_html(report: dict) -> str:
     out += [f'<tr><td>{s}</td><td class="n">{n}</td></tr>' for s, n in report["totals"]["states"].items()]
     out.append("</table>")
     if "query" in report:
-        out += [
-            "<h2>Query</h2>",
-            f"<p><code>{_e(report['query'])}</code></p>",
-            f"<pre>{_e(json.dumps(report['query_result'], indent=1, default=str))}</pre>",
-        ]
+        out += ["<h2>Query</h2>", f"<p><code>{_e(report['query'])}</code></p>"]
+        if report.get("query_error"):
+            out.append(f"<p><b>Query error:</b> {_e(report['query_error'])}</p>")
+        else:
+            out.append(f"<pre>{_e(json.dumps(report['query_result'], indent=1, default=str))}</pre>")
     out += [f"<script>{HTML_JS}</script>", "</body></html>"]
     return "\n".join(out) + "\n"
 
@@ -883,34 +1493,80 @@ def _write_private(path: str, text: str) -> None:
             os.close(fd)
 
 
+def _make_dirs(path: str) -> None:
+    """mkdir -p with DIR_MODE set explicitly on every directory it creates (the umask may be 000)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        os.chmod(directory, DIR_MODE)
+
+
 def write_reports(report: dict, output_dir: str, formats) -> dict:
     """Write the reports into a new timestamped directory and point ``latest`` at it.
 
+    All files are written into a temporary directory beside the final one, which is renamed
+    into place only once every file is complete: a full disk or any error leaves no
+    half-written report directory and ``latest`` keeps pointing at the previous one.
     Returns {"report_dir", "latest", "files": {format: path}}.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    file_formats = [fmt for fmt in formats if fmt in RENDERERS]
+    if not file_formats:
+        raise ReportError(f"formats {list(formats)!r} name no report file: give at least one of {', '.join(RENDERERS)}")
+    _make_dirs(output_dir)
     stamp = report["generated_at"].replace("-", "").replace(":", "")
-    report_dir = os.path.join(output_dir, stamp)
+    staging = tempfile.mkdtemp(prefix=f".{stamp}.", suffix=".partial", dir=output_dir)
+    tmp_link = None
+    try:
+        os.chmod(staging, DIR_MODE)
+        names = {}
+        for fmt in file_formats:
+            names[fmt] = FILE_NAMES[fmt]
+            _write_private(os.path.join(staging, FILE_NAMES[fmt]), RENDERERS[fmt](report))
+        report_dir = _rename_into_place(staging, output_dir, stamp)
+        staging = None
+        # a relative link, swapped in atomically: readers never see it missing
+        tmp_link = os.path.join(output_dir, f".latest.{os.getpid()}.{os.path.basename(report_dir)}")
+        os.symlink(os.path.basename(report_dir), tmp_link)
+        os.replace(tmp_link, os.path.join(output_dir, "latest"))
+        tmp_link = None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if tmp_link is not None and os.path.lexists(tmp_link):
+            os.unlink(tmp_link)
+    files = {fmt: os.path.join(os.path.abspath(report_dir), name) for fmt, name in names.items()}
+    return {
+        "report_dir": os.path.abspath(report_dir),
+        "latest": os.path.abspath(os.path.join(output_dir, "latest")),
+        "files": files,
+    }
+
+
+def _rename_into_place(staging: str, output_dir: str, stamp: str) -> str:
+    """Rename the finished staging directory to <stamp>, or <stamp>-N when that exists (same second)."""
     suffix = 0
     while True:
-        try:
-            os.mkdir(report_dir, DIR_MODE)
-            break
-        except FileExistsError:
-            suffix += 1
-            report_dir = os.path.join(output_dir, f"{stamp}-{suffix}")
-    files = {}
-    for fmt in formats:
-        if fmt not in RENDERERS:
+        report_dir = os.path.join(output_dir, stamp if suffix == 0 else f"{stamp}-{suffix}")
+        suffix += 1
+        if os.path.lexists(report_dir):
             continue
-        path = os.path.join(report_dir, FILE_NAMES[fmt])
-        _write_private(path, RENDERERS[fmt](report))
-        files[fmt] = path
-    latest = os.path.join(output_dir, "latest")
-    # a relative link, swapped in atomically: readers never see it missing
-    tmp_link = os.path.join(output_dir, f".latest.{os.getpid()}")
-    if os.path.lexists(tmp_link):
-        os.unlink(tmp_link)
-    os.symlink(os.path.basename(report_dir), tmp_link)
-    os.replace(tmp_link, latest)
-    return {"report_dir": os.path.abspath(report_dir), "latest": os.path.abspath(latest), "files": files}
+        try:
+            # rename(2) onto an existing non-empty directory fails: a concurrent run took the name
+            os.rename(staging, report_dir)
+        except OSError as exc:
+            if os.path.lexists(report_dir) and suffix < 1000:
+                continue
+            raise exc
+        return report_dir

@@ -1,4 +1,5 @@
-"""Fleet report: aggregate 10,000 synthetic hosts (target <= 2 s, <= 512 MiB).
+"""Fleet report: aggregate 10,000 synthetic hosts (target <= 2 s, <= 512 MiB), merge 10 reports of
+10,000 hosts each (target <= 3 s, <= 1 GiB).
 
 The hosts are built from tcp_state facts recorded on real namespaces
 (tests/unit/plugins/plugin_utils/fixtures), each one varied: state counts,
@@ -13,14 +14,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = 10_000
 TARGET_SECONDS = 2.0
 TARGET_MIB = 512
+MERGE_REPORTS = 10
+MERGE_TARGET_SECONDS = 3.0
+MERGE_TARGET_MIB = 1024
 
-CHILD = r"""
+# builds `payload`: host name -> registered tcp_state_facts result, varied from the recorded facts
+PAYLOAD = r"""
 import copy, gc, json, random, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
@@ -68,6 +74,16 @@ for index in range(hosts):
         payload[name] = {"ansible_facts": {"tcp_state": bad}}
     else:
         payload[name] = {"ansible_facts": {"tcp_state": varied(index)}}
+
+def fleet():
+    for name, result in payload.items():
+        entry = fr.host_entry(name, result=result)
+        yield entry, result.get("ansible_facts", {}).get("tcp_state") if entry["status"] == "ok" else None
+"""
+
+CHILD = (
+    PAYLOAD
+    + r"""
 payload_bytes = sum(len(json.dumps(result)) for result in payload.values())
 gc.collect()
 
@@ -85,11 +101,6 @@ def reset_peak():
 rss_payload = status_kib("VmRSS")
 reset_peak()
 
-def fleet():
-    for name, result in payload.items():
-        entry = fr.host_entry(name, result=result)
-        yield entry, result.get("ansible_facts", {}).get("tcp_state") if entry["status"] == "ok" else None
-
 start, cpu_start = time.perf_counter(), time.process_time()
 report = fr.build_report(fleet(), query="hosts[?severity=='critical'].name")
 aggregate = time.perf_counter() - start
@@ -101,7 +112,7 @@ from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.hostvars import HostVars
 from ansible.vars.manager import VariableManager
-from ansible_collections.netstate.tcp.plugins.action.tcp_fleet_report import _host_inputs
+from ansible_collections.netstate.tcp.plugins.action.tcp_fleet_report import host_inputs
 
 loader = DataLoader()
 inventory = InventoryManager(loader=loader, sources=[])
@@ -113,7 +124,7 @@ for name, result in payload.items():
 hostvars = HostVars(inventory=inventory, variable_manager=manager, loader=loader)
 
 def fleet_from_hostvars():
-    for name, res, fallback in _host_inputs(hostvars, list(payload), "audit_tcp_facts"):
+    for name, res, fallback in host_inputs(hostvars, list(payload), "audit_tcp_facts"):
         entry = fr.host_entry(name, result=res, facts=fallback)
         yield entry, res.get("ansible_facts", {}).get("tcp_state") if entry["status"] == "ok" else None
 
@@ -121,6 +132,20 @@ start, cpu_start = time.perf_counter(), time.process_time()
 via_hostvars = fr.build_report(fleet_from_hostvars())
 action_wall, action_cpu = time.perf_counter() - start, time.process_time() - cpu_start
 assert via_hostvars["fleet"] == report["fleet"]
+
+# what the action did before issue 9: the variable manager's private cache of registered results,
+# measured here only to say what the public hostvars interface costs
+def fleet_from_private_cache():
+    cache = hostvars._variable_manager._nonpersistent_fact_cache
+    for name in payload:
+        res = cache[name]["audit_tcp_facts"]
+        entry = fr.host_entry(name, result=res)
+        yield entry, res.get("ansible_facts", {}).get("tcp_state") if entry["status"] == "ok" else None
+
+start, cpu_start = time.perf_counter(), time.process_time()
+via_private = fr.build_report(fleet_from_private_cache())
+private_wall, private_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+assert via_private["fleet"] == report["fleet"]
 timings = {}
 for fmt, render in fr.RENDERERS.items():
     start = time.perf_counter()
@@ -139,6 +164,8 @@ print(json.dumps({
     "aggregate_cpu_s": aggregate_cpu,
     "action_s": action_wall,
     "action_cpu_s": action_cpu,
+    "private_s": private_wall,
+    "private_cpu_s": private_cpu,
     "load": open("/proc/loadavg").read().split()[:3],
     "renders": timings,
     "rss_payload_mib": rss_payload / 1024,
@@ -146,6 +173,68 @@ print(json.dumps({
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
 """
+)
+
+
+MERGE_CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.netstate.tcp.plugins.plugin_utils import _fleet_report as fr
+
+paths = sys.argv[2:]
+sizes = sum(os.path.getsize(fr.report_path(p)) for p in paths)
+start, cpu_start = time.perf_counter(), time.process_time()
+pairs, offenders, sources = fr.merge_reports(paths)
+report = fr.build_report(pairs, offenders=offenders)
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+print(json.dumps({
+    "reports": len(paths),
+    "fleet": report["fleet"],
+    "input_mib": sizes / 2**20,
+    "merge_s": wall,
+    "merge_cpu_s": cpu,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "load": open("/proc/loadavg").read().split()[:3],
+}))
+"""
+
+# writes MERGE_REPORTS report.json files of HOSTS hosts each (the one built above, renamed per slice)
+WRITE_SLICES = (
+    PAYLOAD
+    + r"""
+report = json.loads(fr.render_json(fr.build_report(fleet())))
+slices = []
+for index in range(int(sys.argv[5])):
+    for entry in report["hosts"]:
+        entry["name"] = f"r{index}-" + entry["name"].split("-", 1)[-1]
+    for rows in report["offenders"].values():
+        for row in rows:
+            row["host"] = f"r{index}-" + row["host"].split("-", 1)[-1]
+    path = Path(sys.argv[4]) / f"slice{index}"
+    fr.write_reports(report, str(path), ["json"])
+    slices.append(str(path))
+"""
+)
+
+
+def measure_merge(tmp_dir: str, reports=MERGE_REPORTS, hosts=HOSTS) -> dict:
+    """Write `reports` partial reports of `hosts` hosts, then merge them in a fresh subprocess."""
+    collections = str(ROOT / ".build" / "collections")
+    fixtures = str(ROOT / "tests" / "unit" / "plugins" / "plugin_utils" / "fixtures")
+    subprocess.run(
+        [sys.executable, "-c", WRITE_SLICES, collections, fixtures, str(hosts), tmp_dir, str(reports)],
+        check=True,
+        timeout=900,
+    )
+    slices = [str(Path(tmp_dir) / f"slice{index}") for index in range(reports)]
+    out = subprocess.run(
+        [sys.executable, "-c", MERGE_CHILD, collections, *slices],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    ).stdout
+    return json.loads(out)
 
 
 def measure(hosts=HOSTS) -> dict:
@@ -169,6 +258,9 @@ def measure(hosts=HOSTS) -> dict:
 def run() -> str:
     m = measure()
     print(json.dumps(m, indent=1), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-merge-") as tmp_dir:
+        merge = measure_merge(tmp_dir)
+    print(json.dumps(merge, indent=1), flush=True)
     fleet = m["fleet"]
     renders = "\n".join(
         f"| render {fmt} | {seconds:.2f} s | {size / 2**20:.1f} MiB |"
@@ -185,15 +277,30 @@ def run() -> str:
         "| what | time | size |\n| --- | ---: | ---: |\n"
         f"| aggregate (host entries + report + JMESPath query) | {m['aggregate_s']:.2f} s wall, "
         f"{m['aggregate_cpu_s']:.2f} s CPU (target <= {TARGET_SECONDS:.0f} s) | |\n"
-        f"| the same, reading registered results from a real Ansible VariableManager as the action does | "
+        f"| the same, reading registered results from a real Ansible VariableManager through the public "
+        f"hostvars interface (`name in hostvars`, `hostvars.raw_get`) as the action does | "
         f"{m['action_s']:.2f} s wall, {m['action_cpu_s']:.2f} s CPU | |\n"
+        f"| the same from the variable manager's private cache of registered results (the action before "
+        f"issue 9; measured for comparison only) | {m['private_s']:.2f} s wall, {m['private_cpu_s']:.2f} s CPU "
+        f"(public path: {m['action_cpu_s'] / max(m['private_cpu_s'], 1e-9):.2f}x the CPU, "
+        f"+{m['action_cpu_s'] - m['private_cpu_s']:.2f} s) | |\n"
         f"{renders}\n\n"
         f"Memory: the process holds {m['rss_payload_mib']:.0f} MiB with the 10,000 hosts' facts loaded (as "
         f"hostvars would); its peak during aggregation is {m['peak_aggregate_mib']:.0f} MiB "
         f"(target <= {TARGET_MIB} MiB), so aggregation adds "
         f"{m['peak_aggregate_mib'] - m['rss_payload_mib']:.0f} MiB. Peak over the whole run, building the "
         f"synthetic hosts and rendering every format included: {m['peak_rss_mib']:.0f} MiB. "
-        f"Load average during the run: {' '.join(m['load'])} (wall times grow with it; CPU time does not).\n"
+        f"Load average during the run: {' '.join(m['load'])} (wall times grow with it; CPU time does not).\n\n"
+        f"## fleet_report: merge {merge['reports']} reports of {HOSTS:,} hosts\n\n"
+        f"{merge['reports']} report.json files written by the report code from the hosts above (host names "
+        f"made distinct per report; {merge['input_mib']:.0f} MiB of JSON in all), merged in a fresh subprocess: "
+        "each file read and checked as hostile input, host entries rebuilt, findings, totals and offenders "
+        "recomputed across all hosts.\n\n"
+        "| what | result | target |\n| --- | ---: | ---: |\n"
+        f"| merge {merge['fleet']['hosts']:,} hosts | {merge['merge_s']:.2f} s wall, {merge['merge_cpu_s']:.2f} s CPU "
+        f"| <= {MERGE_TARGET_SECONDS:.0f} s |\n"
+        f"| peak RSS | {merge['peak_rss_mib']:.0f} MiB | <= {MERGE_TARGET_MIB} MiB |\n\n"
+        f"Load average during the merge: {' '.join(merge['load'])}.\n"
     )
 
 

@@ -62,8 +62,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
-    inventory = tmp_path / "inventory.yml"
+def three_host_inventory(tmp_path):
+    inventory = tmp_path / "inventory.json"
     inventory.write_text(
         json.dumps(
             {
@@ -82,6 +82,11 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
             }
         )
     )
+    return inventory
+
+
+def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
+    inventory = three_host_inventory(tmp_path)
     out = tmp_path / "reports"
     # audit_query is checked first by the action in check mode (no host, no file), then run on the report
     done = playbook(
@@ -115,6 +120,38 @@ def test_audit_playbook_records_unreachable_and_failed_hosts(tmp_path):
     for name in ("good", "down", "broken"):
         assert any(line.strip().startswith(name) for line in done.stdout.splitlines())
     assert f"reports: {out}" in done.stdout
+
+
+def test_audit_with_limit_reports_the_limited_hosts(tmp_path):
+    """AWX's Limit: the audit reports on the limited hosts instead of silently skipping the report."""
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i", str(inventory), "playbooks/audit.yml", "--limit", "good,down", "-e", f"audit_output_dir={out}"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "latest" / "report.json").read_text())
+    assert {h["name"]: h["status"] for h in report["hosts"]} == {"good": "ok", "down": "unreachable"}
+    assert f"reports: {out}" in done.stdout
+
+
+def test_audit_fails_when_limit_leaves_no_audited_host(tmp_path):
+    out = tmp_path / "reports"
+    inventory = three_host_inventory(tmp_path)
+    done = playbook(
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "--limit",
+        "good",
+        "-e",
+        "audit_hosts=broken",
+        "-e",
+        f"audit_output_dir={out}",
+    )
+    assert done.returncode != 0
+    assert "audit_hosts broken with --limit good leaves no host to audit" in done.stdout
+    assert not out.exists()
 
 
 def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):
@@ -240,3 +277,60 @@ def test_bad_input_fails_naming_it(tmp_path, recorded_fleet, extra, message):
     assert message in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     assert not (out / "latest").exists()
+
+
+# ---------------------------------------------------------------------------
+# issue 10 items 10, 11, 14: the report is always written, never inside the collection
+
+
+def test_unknown_host_and_failing_query_still_write_the_report(tmp_path, recorded_fleet):
+    inventory, play = recorded_fleet
+    out = tmp_path / "out"
+    play.write_text(
+        RECORDED_PLAY.replace("hosts: \"{{ groups['all'] }}\"", "hosts: \"{{ groups['all'] + ['ghost'] }}\"")
+    )
+    extra = {"out": str(out), "formats": ["json", "md"], "query": "abs(hosts)"}
+    done = playbook("-i", str(inventory), str(play), "-e", json.dumps(extra))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    report = json.loads((out / "latest" / "report.json").read_text())
+    hosts = {h["name"]: h for h in report["hosts"]}
+    assert hosts["ghost"]["status"] == "unreachable"
+    assert "not in the inventory" in hosts["ghost"]["error"]
+    assert all(hosts[name]["status"] == "ok" for name in RECORDED)
+    assert report["query_result"] is None
+    assert "audit_query 'abs(hosts)' failed on the report" in report["query_error"]
+    result = json.loads((out / "result.json").read_text())
+    assert result["query_error"] == report["query_error"]
+    assert "failed on the report" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("formats", [[], ["prom"]])
+def test_formats_without_a_report_file_are_rejected(tmp_path, recorded_fleet, formats):
+    inventory, play = recorded_fleet
+    out = tmp_path / "out"
+    done = playbook(
+        "-i", str(inventory), str(play), "-e", json.dumps({"out": str(out), "formats": formats, "query": "fleet"})
+    )
+    assert done.returncode != 0
+    assert "name no report file: give at least one of json, md, html, csv" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not out.exists()
+
+
+def test_default_output_dir_is_under_the_working_directory(tmp_path, recorded_fleet):
+    inventory, play = recorded_fleet
+    play.write_text(
+        RECORDED_PLAY.replace('        output_dir: "{{ out }}"\n', "").replace(
+            'dest: "{{ out }}/result.json"', 'dest: "{{ out }}"'
+        )
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = {"out": str(tmp_path / "result.json"), "formats": ["json"], "query": "fleet"}
+    done = playbook("-i", str(inventory), str(play), "-e", json.dumps(extra), cwd=work)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["report_dir"].startswith(str(work / "netstate-reports") + "/")
+    assert (work / "netstate-reports" / "latest" / "report.json").is_file()
+    assert not (ROOT / "reports").exists() and not (ROOT / "netstate-reports").exists()

@@ -886,7 +886,7 @@ def test_ephemeral_port_pressure_widens_the_range_only_when_narrower():
 def test_severity_order_is_shared():
     assert diag.worst_severity([None, "info", "critical", "warning"]) == "critical"
     assert diag.worst_severity([None]) is None
-    assert [_fleet_report.SEVERITY_RANK[name] for name in SEVERITIES] == [severity_rank(n) + 1 for n in SEVERITIES]
+    assert [_fleet_report.severity_order(name) for name in SEVERITIES] == [severity_rank(n) + 1 for n in SEVERITIES]
     with pytest.raises(ValueError):
         severity_rank(["critical"])
 
