@@ -25,8 +25,9 @@ def python_supported(version_info=None):
 def exit_on_old_python(module_name, version_info=None):
     """On a Python older than MINIMUM_PYTHON, end the module with a failed result naming the minimum.
 
-    There is no AnsibleModule yet (its argument_spec may need the newer module_utils), so the result is
-    written the way fail_json writes it, as ansible-core's own minimum-Python check does.
+    No AnsibleModule can be built yet (the argument specs use values of the newer module_utils), so the
+    result is written the way fail_json writes it (one JSON object on stdout, exit status 1), as
+    ansible-core's own minimum-Python check in module_utils/basic.py does.
     """
     version = sys.version_info if version_info is None else version_info
     if python_supported(version):
@@ -39,5 +40,5 @@ def exit_on_old_python(module_name, version_info=None):
         f"{sys.executable} is Python {found}. Point ansible_python_interpreter at a newer Python.",
         "minimum_python": minimum,
     }
-    print(json.dumps(result))
-    sys.exit(1)
+    sys.stdout.write(json.dumps(result) + "\n")
+    raise SystemExit(1)
