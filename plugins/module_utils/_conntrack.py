@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import (
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import (
     NLM_F_DUMP,
     NLM_F_DUMP_INTR,
     NLM_F_REQUEST,

@@ -146,51 +146,95 @@ def build_filter(local_ports=(), peer_ports=(), local_addresses=(), peer_address
 
 
 # ---- compiler -------------------------------------------------------------
+# The program travels in one netlink attribute, whose length is a u16 that counts its 4-byte header.
+MAX_BYTECODE = 0xFFFF - 4
+TOO_LARGE = (
+    f"filter too large: the kernel takes at most {MAX_BYTECODE} bytes of inet_diag bytecode (a port costs 16, "
+    "a port range 20, an IPv4 address 20, an IPv6 address 32); use fewer values, port ranges or wider CIDRs"
+)
+
+
 def compile_filter(node):
-    """Compile an expression into INET_DIAG_REQ_BYTECODE bytes (b"" for None)."""
+    """Compile an expression into INET_DIAG_REQ_BYTECODE bytes (b"" for None).
+
+    FilterError (TOO_LARGE) when the program does not fit one netlink attribute
+    (or a jump does not fit the ops' 16-bit offsets).
+    """
     if node is None:
         return b""
-    code = bytes(_compile(node))
-    if len(code) > 0xFFFF - 4:
-        raise FilterError("filter too large for inet_diag bytecode (too many ports or addresses)")
+    try:
+        code = bytes(_compile(node))
+    except struct.error:  # a jump past 65535 bytes: the program is too large anyway
+        raise FilterError(TOO_LARGE) from None
+    if len(code) > MAX_BYTECODE:
+        raise FilterError(TOO_LARGE)
     return code
 
 
-def _compile(node):
-    kind = node[0]
-    if kind == "port":
-        side, cmp, port = node[1:]
-        code = {("local", "ge"): BC_S_GE, ("local", "le"): BC_S_LE, ("peer", "ge"): BC_D_GE, ("peer", "le"): BC_D_LE}[
-            (side, cmp)
-        ]
-        return bytearray(_OP.pack(code, 8, 12) + _OP.pack(BC_NOP, 0, port))
-    if kind == "host":
-        side, network, port = node[1:]
-        if network is None:
-            family, prefix, addr = AF_UNSPEC, 0, b""
+def _compile_port(side, cmp, port):
+    code = {("local", "ge"): BC_S_GE, ("local", "le"): BC_S_LE, ("peer", "ge"): BC_D_GE, ("peer", "le"): BC_D_LE}[
+        (side, cmp)
+    ]
+    return bytearray(_OP.pack(code, 8, 12) + _OP.pack(BC_NOP, 0, port))
+
+
+def _compile_host(side, network, port):
+    if network is None:
+        family, prefix, addr = AF_UNSPEC, 0, b""
+    else:
+        family = AF_INET if network.version == 4 else AF_INET6
+        prefix, addr = network.prefixlen, network.network_address.packed
+    length = _OP.size + _HOSTCOND.size + len(addr)
+    code = BC_S_COND if side == "local" else BC_D_COND
+    return bytearray(_OP.pack(code, length, length + 4) + _HOSTCOND.pack(family, prefix, port) + addr)
+
+
+def _compile_and(first, second):
+    # first's "no match" exits land on its end + 4: move them past second as well
+    _relocate_fail_exits(first, len(second))
+    return first + second
+
+
+def _compile_or(first, second):
+    # first fails -> its end + 4 is the start of second; first matches -> jump over second
+    return first + bytearray(_OP.pack(BC_JMP, 4, len(second) + 4)) + second
+
+
+def _compile_not(inner):
+    # inner matches -> falls onto the JMP -> lands at end + 4 (no match);
+    # inner fails -> lands at end + 4 of inner = end of this block (match)
+    return inner + bytearray(_OP.pack(BC_JMP, 4, 8))
+
+
+_LEAVES = {
+    "port": _compile_port,
+    "host": _compile_host,
+    "auto": lambda: bytearray(_OP.pack(BC_AUTO, 4, 8)),
+}
+_COMBINERS = {"and": _compile_and, "or": _compile_or, "not": _compile_not}
+
+
+def _compile(root):
+    """Post-order walk with an explicit stack: any_of() of thousands of values nests that deep."""
+    compiled = []
+    pending = [(root, False)]
+    while pending:
+        node, children_done = pending.pop()
+        kind = node[0]
+        if kind in _LEAVES:
+            compiled.append(_LEAVES[kind](*node[1:]))
+        elif kind not in _COMBINERS:
+            raise FilterError(f"unknown filter node {kind!r}")
+        elif children_done:
+            count = len(node) - 1
+            parts = compiled[-count:]
+            del compiled[-count:]
+            compiled.append(_COMBINERS[kind](*parts))
         else:
-            family = AF_INET if network.version == 4 else AF_INET6
-            prefix, addr = network.prefixlen, network.network_address.packed
-        length = _OP.size + _HOSTCOND.size + len(addr)
-        code = BC_S_COND if side == "local" else BC_D_COND
-        return bytearray(_OP.pack(code, length, length + 4) + _HOSTCOND.pack(family, prefix, port) + addr)
-    if kind == "auto":
-        return bytearray(_OP.pack(BC_AUTO, 4, 8))
-    if kind == "and":
-        first, second = _compile(node[1]), _compile(node[2])
-        # first's "no match" exits land on its end + 4: move them past second as well
-        _relocate_fail_exits(first, len(second))
-        return first + second
-    if kind == "or":
-        first, second = _compile(node[1]), _compile(node[2])
-        # first fails -> its end + 4 is the start of second; first matches -> jump over second
-        return first + bytearray(_OP.pack(BC_JMP, 4, len(second) + 4)) + second
-    if kind == "not":
-        inner = _compile(node[1])
-        # inner matches -> falls onto the JMP -> lands at end + 4 (no match);
-        # inner fails -> lands at end + 4 of inner = end of this block (match)
-        return inner + bytearray(_OP.pack(BC_JMP, 4, 8))
-    raise FilterError(f"unknown filter node {kind!r}")
+            pending.append((node, True))
+            # reversed: the first child is compiled first
+            pending.extend((child, False) for child in reversed(node[1:]))
+    return compiled[0]
 
 
 def _relocate_fail_exits(code, extra):
@@ -264,50 +308,60 @@ def _host_matches(cond, family, addr, port):
     return prefix == 0 or _bits_match(addr, caddr, prefix)
 
 
+def _lands_on_op(code, target_remaining):
+    """Whether some op starts where `target_remaining` bytes are left (inet_diag_bc_audit's valid_cc)."""
+    total = len(code)
+    offset = 0
+    while offset <= total:
+        remaining = total - offset
+        if target_remaining >= remaining:
+            return target_remaining == remaining
+        yes = _OP.unpack_from(code, offset)[1]
+        if yes < 4 or yes & 3:
+            return False
+        offset += yes
+    return False
+
+
+def _hostcond_len(code, offset, remaining):
+    if remaining < _OP.size + _HOSTCOND.size:
+        raise FilterError(f"truncated hostcond at {offset}")
+    cfamily, prefix = _HOSTCOND.unpack_from(code, offset + 4)[:2]
+    if cfamily not in _ADDR_LEN:
+        raise FilterError(f"bad hostcond family {cfamily} at {offset}")
+    min_len = _OP.size + _HOSTCOND.size + _ADDR_LEN[cfamily]
+    if remaining < min_len or prefix > 8 * _ADDR_LEN[cfamily]:
+        raise FilterError(f"bad hostcond at {offset}")
+    return min_len
+
+
+def _op_len(code, offset, op_code, remaining):
+    """The op's own length, checked like the kernel checks it."""
+    if op_code in (BC_S_COND, BC_D_COND):
+        return _hostcond_len(code, offset, remaining)
+    if op_code in _PORT_OPS:
+        if remaining < 2 * _OP.size:
+            raise FilterError(f"truncated port comparison at {offset}")
+        return 2 * _OP.size
+    if op_code not in (BC_NOP, BC_JMP, BC_AUTO):
+        raise FilterError(f"unsupported op {op_code} at {offset}")
+    return _OP.size
+
+
 def audit_bytecode(code):
     """Raise FilterError where inet_diag_bc_audit would answer -EINVAL."""
     total = len(code)
-
-    def lands_on_op(target_remaining):
-        offset = 0
-        while offset <= total:
-            remaining = total - offset
-            if target_remaining > remaining:
-                return False
-            if target_remaining == remaining:
-                return True
-            yes = _OP.unpack_from(code, offset)[1]
-            if yes < 4 or yes & 3:
-                return False
-            offset += yes
-        return False
-
     offset = 0
     while offset < total:
         remaining = total - offset
         if remaining < _OP.size:
             raise FilterError(f"truncated op at {offset}")
         op_code, yes, no = _OP.unpack_from(code, offset)
-        min_len = _OP.size
-        if op_code in (BC_S_COND, BC_D_COND):
-            if remaining < _OP.size + _HOSTCOND.size:
-                raise FilterError(f"truncated hostcond at {offset}")
-            cfamily, prefix = _HOSTCOND.unpack_from(code, offset + 4)[:2]
-            if cfamily not in _ADDR_LEN:
-                raise FilterError(f"bad hostcond family {cfamily} at {offset}")
-            min_len += _HOSTCOND.size + _ADDR_LEN[cfamily]
-            if remaining < min_len or prefix > 8 * _ADDR_LEN[cfamily]:
-                raise FilterError(f"bad hostcond at {offset}")
-        elif op_code in _PORT_OPS:
-            min_len += _OP.size
-            if remaining < min_len:
-                raise FilterError(f"truncated port comparison at {offset}")
-        elif op_code not in (BC_NOP, BC_JMP, BC_AUTO):
-            raise FilterError(f"unsupported op {op_code} at {offset}")
+        min_len = _op_len(code, offset, op_code, remaining)
         if op_code != BC_NOP:
             if no < min_len or no > remaining + 4 or no & 3:
                 raise FilterError(f"bad 'no' jump {no} at {offset}")
-            if no < remaining and not lands_on_op(remaining - no):
+            if no < remaining and not _lands_on_op(code, remaining - no):
                 raise FilterError(f"'no' jump {no} at {offset} lands inside an op")
         if yes < min_len or yes > remaining + 4 or yes & 3:
             raise FilterError(f"bad 'yes' jump {yes} at {offset}")

@@ -12,41 +12,45 @@ option asks for other namespaces).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from datetime import datetime, timezone
 
 from ansible_collections.netstate.tcp.plugins.module_utils import (
-    _collect_owners,
     _collect_system,
     _conntrack,
     _diagnose,
     _netns,
+    _owners,
     _peer_namespaces,
     _trace,
 )
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import (
-    STATES,
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
+from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import (
     collect_sockets,
     read_local_addresses,
 )
 
 SCHEMA = 1
 FAMILIES = ("ipv4", "ipv6")
-DEFAULT_OWNERS = ("CLOSE_WAIT", "LISTEN")
 # States in which a socket that survives the interval is a problem worth counting.
 PERSISTENT_STATES = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
 MAX_INTERVAL = 300
 MAX_TOP = 10000
+NAMESPACE_KEYWORDS = ("current", "all")
 
-DEFAULT_OPTIONS = {
-    "top": 10,
-    "owners": list(DEFAULT_OWNERS),
-    "interval": 0,
-    "namespaces": "current",
-    "thresholds": {},
-    "families": list(FAMILIES),
-    "trace": 0,
+# tcp_state_facts' argument_spec, the one place of the options' types, choices and defaults
+# (the module passes it to AnsibleModule; normalize_options fills what a direct caller leaves out).
+ARGUMENT_SPEC = {
+    "top": {"type": "int", "default": 10},
+    "owners": {"type": "list", "elements": "str", "default": ["CLOSE_WAIT", "LISTEN"]},
+    "interval": {"type": "float", "default": 0},
+    "namespaces": {"type": "raw", "default": "current"},
+    "thresholds": {"type": "dict"},
+    "families": {"type": "list", "elements": "str", "choices": list(FAMILIES), "default": list(FAMILIES)},
+    "trace": {"type": "float", "default": 0},
 }
 
 
@@ -56,104 +60,131 @@ class FactsError(Exception):
 
 def normalize_state(name):
     """'close-wait' / 'Close_Wait' -> 'CLOSE_WAIT'; ValueError for an unknown state."""
-    key = str(name).strip().upper().replace("-", "_")
-    if key not in STATES:
+    key = _state_name(str(name))
+    if key is None:
         raise ValueError(f"owners: unknown TCP state {name!r}; valid states (any case): {', '.join(STATES)}")
     return key
 
 
-def normalize_options(params=None):
-    """Check and normalize module options; raise ValueError naming the option and valid values."""
-    params = dict(params or {})
-    options = dict(DEFAULT_OPTIONS)
-    options.update({key: value for key, value in params.items() if value is not None})
+def _split_text(value):
+    """A comma-separated string (what `-a opt=a,b` gives a direct caller) -> its non-blank items."""
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
-    top = options["top"]
+
+def _check_top(top):
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
         raise ValueError(f"top: must be an integer from 0 to {MAX_TOP}, got {top!r}")
+    return top
 
-    interval = options["interval"]
+
+def _check_interval(interval):
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= MAX_INTERVAL:
         raise ValueError(f"interval: must be a number of seconds from 0 to {MAX_INTERVAL}, got {interval!r}")
+    return interval
 
-    owners = options["owners"]
-    if isinstance(owners, str):
-        owners = [item for item in owners.split(",") if item.strip()]
+
+def _check_owners(owners):
+    owners = _split_text(owners)
     if not isinstance(owners, (list, tuple)):
         raise ValueError(f"owners: must be a list of TCP states (valid: {', '.join(STATES)}), got {owners!r}")
-    owner_states = []
     # `-a owners=` arrives as [""]: blank entries mean nothing.
-    for name in (item for item in owners if not (isinstance(item, str) and not item.strip())):
-        state = normalize_state(name)
-        if state not in owner_states:
-            owner_states.append(state)
+    names = [item for item in owners if not (isinstance(item, str) and not item.strip())]
+    return list(dict.fromkeys(normalize_state(name) for name in names))
 
-    families = options["families"]
-    if isinstance(families, str):
-        families = [item.strip() for item in families.split(",") if item.strip()]
+
+def _check_families(families):
+    families = _split_text(families)
     if not isinstance(families, (list, tuple)) or not families:
         raise ValueError(f"families: must be a non-empty list of {', '.join(FAMILIES)}, got {families!r}")
-    chosen = []
-    for family in families:
-        key = str(family).strip().lower()
+    chosen = [str(family).strip().lower() for family in families]
+    for family, key in zip(families, chosen):
         if key not in FAMILIES:
             raise ValueError(f"families: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
-        if key not in chosen:
-            chosen.append(key)
+    return list(dict.fromkeys(chosen))
 
-    namespaces = options["namespaces"]
+
+def _namespace_list(names):
+    """A list of namespace names -> "all", "current" or the names ("current"/"all" inside mean what they mean alone)."""
+    if not names or not all(isinstance(item, str) and item for item in names):
+        raise ValueError(
+            "namespaces: must be 'current', 'all' or a non-empty list of namespace names "
+            f"(names in /run/netns or inode:<n>), got {names!r}"
+        )
+    # The current namespace is always described, so 'current' adds nothing to a list of names.
+    keywords = {item.strip().lower() for item in names} & set(NAMESPACE_KEYWORDS)
+    rest = [item for item in dict.fromkeys(names) if item.strip().lower() not in NAMESPACE_KEYWORDS]
+    return "all" if "all" in keywords else (rest or "current")
+
+
+def _check_namespaces(namespaces):
     if isinstance(namespaces, str):
-        if namespaces.strip().lower() in ("current", "all"):
-            namespaces = namespaces.strip().lower()
-        else:
-            namespaces = [item.strip() for item in namespaces.split(",") if item.strip()]
+        keyword = namespaces.strip().lower()
+        return keyword if keyword in NAMESPACE_KEYWORDS else _namespace_list(_split_text(namespaces))
     if isinstance(namespaces, (list, tuple)):
-        if not namespaces or not all(isinstance(item, str) and item for item in namespaces):
-            raise ValueError(
-                "namespaces: must be 'current', 'all' or a non-empty list of namespace names "
-                f"(names in /run/netns or inode:<n>), got {namespaces!r}"
-            )
-        # The keywords inside a list ([all], [current, blue]) mean what they mean alone; the current
-        # namespace is always described, so 'current' adds nothing to a list of names.
-        keywords = {item.strip().lower() for item in namespaces} & {"current", "all"}
-        names = [item for item in dict.fromkeys(namespaces) if item.strip().lower() not in ("current", "all")]
-        namespaces = "all" if "all" in keywords else (names or "current")
-    elif namespaces not in ("current", "all"):
-        raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
+        return _namespace_list(list(namespaces))
+    raise ValueError(f"namespaces: must be 'current', 'all' or a list of namespace names, got {namespaces!r}")
 
-    trace = options["trace"]
-    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
-        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
 
-    thresholds = options["thresholds"]
+def _check_thresholds(thresholds):
+    if thresholds is None:
+        thresholds = {}
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds: must be a dictionary, got {thresholds!r}")
-    thresholds = _diagnose.validate_thresholds(thresholds)
+    return _diagnose.validate_thresholds(thresholds)
 
-    return {
-        "top": top,
-        "owners": owner_states,
-        "interval": interval,
-        "namespaces": namespaces,
-        "thresholds": thresholds,
-        "families": chosen,
-        "trace": trace,
-    }
+
+def _check_trace(trace):
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+    return trace
+
+
+# One semantic check per option (AnsibleModule has done the typing for the module already).
+_OPTION_CHECKS = {
+    "top": _check_top,
+    "owners": _check_owners,
+    "interval": _check_interval,
+    "namespaces": _check_namespaces,
+    "thresholds": _check_thresholds,
+    "families": _check_families,
+    "trace": _check_trace,
+}
+
+
+def normalize_options(params=None):
+    """Check and normalize module options; raise ValueError naming the option and valid values.
+
+    Options left out or None take ARGUMENT_SPEC's defaults; keys that are no option are ignored.
+    """
+    params = params or {}
+    options = {}
+    for name, check in _OPTION_CHECKS.items():
+        value = params.get(name)
+        options[name] = check(copy.deepcopy(ARGUMENT_SPEC[name].get("default")) if value is None else value)
+    return options
 
 
 def _utc_now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def take_sample(options, track):
-    """One sample of the calling thread's namespace: sockets + procfs figures."""
+def take_sample(options, track, persistent_before=None, owners=True, record_tap=None):
+    """One sample of the calling thread's namespace: sockets + procfs figures.
+
+    ``track``: keep the cookies of PERSISTENT_STATES sockets (8 bytes each) and, with
+    ``persistent_before`` (those of an earlier sample), count the sockets in both.
+    ``owners``: collect the inodes of the ``owners`` states (only the last sample needs them).
+    ``record_tap``: a second consumer of the same dump (see _socket_aggregate.collect_sockets).
+    """
     warnings = []
     try:
         sockets = collect_sockets(
             families=tuple(options["families"]),
             top=options["top"],
-            owner_states=tuple(options["owners"]),
+            owner_states=tuple(options["owners"]) if owners else (),
             track_states=PERSISTENT_STATES if track else (),
+            persistent_before=persistent_before,
+            record_tap=record_tap,
         )
     except Exception as err:
         # DiagError, OSError: without the socket dump there are no facts to give.
@@ -178,16 +209,6 @@ def take_sample(options, track):
         "inode": inode,
         "warnings": warnings,
     }
-
-
-def persistent_sockets(before, after):
-    """Sockets (matched by cookie) in a PERSISTENT_STATES state in both samples."""
-    result = {state: {"count": 0, "send_bytes": 0} for state in PERSISTENT_STATES}
-    for cookie, (state, send_bytes) in after.items():
-        if cookie in before and state in result:
-            result[state]["count"] += 1
-            result[state]["send_bytes"] += send_bytes or 0
-    return result
 
 
 def build_block(first, last, options, *, owners_result=None, name=None, host_figures=True, churn=None):
@@ -215,7 +236,8 @@ def build_block(first, last, options, *, owners_result=None, name=None, host_fig
     if first is not None:
         elapsed = round(last["time"] - first["time"], 3)
         rates = _collect_system.counter_rates(first["system"]["counters"], system["counters"], elapsed)
-        persistent = persistent_sockets(first["sockets"].get("_tracked", {}), sockets.get("_tracked", {}))
+        # Counted while the last sample was aggregated, against the first sample's cookies.
+        persistent = sockets.get("_persistent") or {state: {"count": 0, "send_bytes": 0} for state in PERSISTENT_STATES}
     block = {
         "schema": SCHEMA,
         "collected_at": last["collected_at"],
@@ -259,12 +281,12 @@ def _resolve_owners(samples, options, warnings):
             wanted.update(inode for inode in inodes if inode)
         wanted.update(item.get("inode") or 0 for item in sample["sockets"].get("listeners", []))
     wanted.discard(0)
-    held = _collect_owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
+    held = _owners.scan_socket_fds(wanted, warnings=warnings) if wanted else {}
     for label, sample in samples.items():
         owner_inodes = {state: [] for state in options["owners"]}
         owner_inodes.update(sample["sockets"].get("_owner_inodes", {}))
         listener_inodes = [item.get("inode") for item in sample["sockets"].get("listeners", [])]
-        results[label] = _collect_owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
+        results[label] = _owners.find_owners(owner_inodes, listener_inodes, top=options["top"], held=held)
     return results
 
 
@@ -314,24 +336,34 @@ def _name_peer_namespaces(blocks, samples, targets, current, name=None):
         _peer_namespaces.name_peers(block, owners, container_of)
 
 
-def gather_facts(options):
-    """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}."""
+def gather_facts(options, record_tap=None):
+    """ansible_facts for the module: {'tcp_state': ..., ['tcp_state_namespaces': ...]}.
+
+    record_tap: sees the records of the current namespace's last dump (see take_sample).
+    """
     warnings = []
     targets, current = _targets(options, warnings)
     track = options["interval"] > 0
 
-    def sample_all():
+    def sample_all(first=None):
         samples = {}
         for label, ns in targets:
+            before = first.get(label) if first else None
+            # The first of two samples keeps only the tracked cookies: owners come from the last one.
+            kwargs = {
+                "persistent_before": before["sockets"]["_tracked"] if before else None,
+                "owners": first is not None or not track,
+            }
             if ns is None:
-                samples[label] = take_sample(options, track)
+                tap = record_tap if first is not None or not track else None
+                samples[label] = take_sample(options, track, record_tap=tap, **kwargs)
                 continue
             if ns["inode"] == current and "" in samples and samples[""] is not None:
                 samples[label] = None  # same as the current namespace: reuse its block
                 continue
             try:
                 with _netns.entered(ns["path"]):
-                    samples[label] = take_sample(options, track)
+                    samples[label] = take_sample(options, track, **kwargs)
             except _netns.NetnsError as err:
                 if "return to the original" in str(err):
                     raise
@@ -346,7 +378,7 @@ def gather_facts(options):
     if track:
         first = sample_all()
     churn = _trace.churn_window(options["trace"], options["interval"], warnings)
-    last = sample_all()
+    last = sample_all(first)
     usable = {label: sample for label, sample in last.items() if sample}
     owners = _resolve_owners(usable, options, warnings)
     blocks = {}
@@ -382,8 +414,8 @@ def gather_facts(options):
     return facts
 
 
-def collect_facts(options=None):
-    """The tcp_state dict of the current network namespace."""
+def collect_facts(options=None, record_tap=None):
+    """The tcp_state dict of the current network namespace (record_tap: see take_sample)."""
     options = normalize_options(options)
     options["namespaces"] = "current"
-    return gather_facts(options)["tcp_state"]
+    return gather_facts(options, record_tap)["tcp_state"]

@@ -11,12 +11,16 @@ writes the one readable failure message; run_gate() polls like wait_for.
 
 from __future__ import annotations
 
-import socket
+import itertools
+import math
+import os
+import select
 import time
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners, _diagnose, _socket_info
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netns, _owners, _socket_counter
+from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import severity_rank
 
 RATIO_PATHS = {
     # option name -> (pressure key, ratio key) in the tcp_state facts
@@ -26,8 +30,11 @@ RATIO_PATHS = {
     "ephemeral_ports": ("ephemeral_ports", "ratio"),
 }
 FAIL_SEVERITIES = ("warning", "critical")
-COMM_LEN = 15  # TASK_COMM_LEN - 1: the kernel truncates /proc/<pid>/comm to 15 bytes
 TOP_OFFENDERS = 3
+MAX_TIMEOUT = 86400  # a day: a drain that takes longer is no deploy gate, and an unbounded wait never returns
+DEFAULT_POLL_INTERVAL = 5
+MIN_POLL_INTERVAL = 0.1  # ten samples a second at most: each one is a kernel dump
+MAX_POLL_INTERVAL = 3600
 
 
 class GateError(ValueError):
@@ -37,9 +44,7 @@ class GateError(ValueError):
 # ---- validation ------------------------------------------------------------
 def normalize_state(name, states):
     """'time-wait', 'time_wait', 'TIME_WAIT' -> 'TIME_WAIT'; None when unknown."""
-    if not isinstance(name, str):
-        return None
-    canonical = name.strip().upper().replace("-", "_")
+    canonical = cs.normalize_state(name)
     return canonical if canonical in states else None
 
 
@@ -77,12 +82,29 @@ def _port(value):
     return None
 
 
+def _seconds(value, low, high):
+    """A finite number of seconds within low..high, else None (nan, inf, booleans and text are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or not low <= value <= high:
+        return None
+    return value
+
+
+def _mapping(where, value, shape, errors):
+    """value as a dict ({} for None), or {} with an error naming what was expected."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be a mapping of {shape}, got {value!r}")
+        return {}
+    return value
+
+
 def _state_counts(where, mapping, states, errors):
     """{state: count} with normalized names; problems appended to errors."""
     valid = ", ".join(states)
-    if not isinstance(mapping, dict):
-        errors.append(f"{where}: must be a mapping of TCP state -> maximum count, got {mapping!r}")
-        return {}
+    mapping = _mapping(where, mapping, "TCP state -> maximum count", errors)
     result = {}
     for key, value in mapping.items():
         state = normalize_state(key, states)
@@ -97,103 +119,180 @@ def _state_counts(where, mapping, states, errors):
     return result
 
 
-def validate_spec(params, states, codes):
-    """Normalize and check the tcp_gate options; raise GateError listing every problem."""
-    errors = []
-    spec = {"max": {}, "ports": {}, "processes": {}, "ratios": {}}
-    spec["max"] = _state_counts("max", params.get("max") or {}, states, errors)
+def _valid_max(value, ctx, errors):
+    return _state_counts("max", value, ctx["states"], errors)
 
-    ports = params.get("ports") or {}
-    if not isinstance(ports, dict):
-        errors.append(f"ports: must be a mapping of local port -> {{state: count}}, got {ports!r}")
-        ports = {}
-    for key, mapping in ports.items():
+
+def _valid_ports(value, ctx, errors):
+    result = {}
+    for key, mapping in _mapping("ports", value, "local port -> {state: count}", errors).items():
         port = _port(key)
         if port is None:
             errors.append(f"ports: port {key!r} must be an integer within 1..65535")
             continue
-        counts = _state_counts(f"ports.{port}", mapping, states, errors)
+        counts = _state_counts(f"ports.{port}", mapping, ctx["states"], errors)
         if counts:
-            spec["ports"][port] = counts
+            result[port] = counts
+    return result
 
-    processes = params.get("processes") or {}
-    if not isinstance(processes, dict):
-        errors.append(f"processes: must be a mapping of process name (comm) -> {{state: count}}, got {processes!r}")
-        processes = {}
-    for key, mapping in processes.items():
+
+def _valid_processes(value, ctx, errors):
+    """{name: {state: count}}; a name matches the processes whose comm is its first 15 UTF-8 bytes."""
+    result = {}
+    shape = "process name (comm) -> {state: count}"
+    for key, mapping in _mapping("processes", value, shape, errors).items():
         if not isinstance(key, str) or not key.strip():
             errors.append(f"processes: process name must be a non-empty string (comm), got {key!r}")
             continue
-        # /proc/<pid>/comm holds at most 15 characters
-        comm = key.strip()[:COMM_LEN]
-        counts = _state_counts(f"processes.{key}", mapping, states, errors)
+        counts = _state_counts(f"processes.{key}", mapping, ctx["states"], errors)
         if counts:
-            spec["processes"].setdefault(comm, {}).update(counts)
+            result.setdefault(key.strip(), {}).update(counts)
+    return result
 
-    ratios = params.get("ratios") or {}
-    if not isinstance(ratios, dict):
-        errors.append(f"ratios: must be a mapping of ratio name -> 0..1, got {ratios!r}")
-        ratios = {}
-    for key, value in ratios.items():
+
+def _valid_ratios(value, ctx, errors):
+    del ctx
+    result = {}
+    for key, limit in _mapping("ratios", value, "ratio name -> 0..1", errors).items():
         name = key.strip().lower().replace("-", "_") if isinstance(key, str) else key
         if name not in RATIO_PATHS:
             errors.append(f"ratios: unknown ratio {key!r}; valid ratios: {', '.join(RATIO_PATHS)}")
             continue
-        ratio = _ratio(value)
+        ratio = _ratio(limit)
         if ratio is None:
-            errors.append(f"ratios.{name}: must be a number between 0 and 1, got {value!r}")
+            errors.append(f"ratios.{name}: must be a number between 0 and 1, got {limit!r}")
             continue
-        spec["ratios"][name] = ratio
+        result[name] = ratio
+    return result
 
-    severity = params.get("fail_on_severity")
-    if severity is not None and severity not in FAIL_SEVERITIES:
-        errors.append(f"fail_on_severity: must be one of {', '.join(FAIL_SEVERITIES)}, got {severity!r}")
-    spec["fail_on_severity"] = severity
 
-    fail_codes = params.get("fail_on_codes") or []
-    if not isinstance(fail_codes, (list, tuple)):
-        fail_codes = [fail_codes]
-    spec["fail_on_codes"] = []
-    for code in fail_codes:
+def _valid_fail_on_severity(value, ctx, errors):
+    del ctx
+    if value is not None and value not in FAIL_SEVERITIES:
+        errors.append(f"fail_on_severity: must be one of {', '.join(FAIL_SEVERITIES)}, got {value!r}")
+        return None
+    return value
+
+
+def _valid_fail_on_codes(value, ctx, errors):
+    codes = ctx["codes"]
+    value = value or []
+    result = []
+    for code in value if isinstance(value, (list, tuple)) else [value]:
         canonical = code.strip().upper() if isinstance(code, str) else code
         if canonical not in codes:
             errors.append(f"fail_on_codes: unknown finding code {code!r}; valid codes: {', '.join(codes)}")
-        elif canonical not in spec["fail_on_codes"]:
-            spec["fail_on_codes"].append(canonical)
+        elif canonical not in result:
+            result.append(canonical)
+    return result
 
-    timeout = params.get("timeout") or 0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        errors.append(f"timeout: must be a number of seconds >= 0, got {timeout!r}")
-        timeout = 0
-    poll = params.get("poll_interval")
-    poll = 5 if poll is None else poll
-    if isinstance(poll, bool) or not isinstance(poll, (int, float)) or poll <= 0:
-        errors.append(f"poll_interval: must be a number of seconds > 0, got {poll!r}")
-        poll = 5
-    spec["timeout"], spec["poll_interval"] = timeout, poll
 
+def _valid_timeout(value, ctx, errors):
+    del ctx
+    value = 0 if value is None else value
+    seconds = _seconds(value, 0, MAX_TIMEOUT)
+    if seconds is None:
+        errors.append(f"timeout: must be a finite number of seconds from 0 to {MAX_TIMEOUT}, got {value!r}")
+        return 0
+    return seconds
+
+
+def _valid_poll_interval(value, ctx, errors):
+    del ctx
+    value = DEFAULT_POLL_INTERVAL if value is None else value
+    seconds = _seconds(value, MIN_POLL_INTERVAL, MAX_POLL_INTERVAL)
+    if seconds is None:
+        errors.append(
+            f"poll_interval: must be a finite number of seconds from {MIN_POLL_INTERVAL:g} to "
+            f"{MAX_POLL_INTERVAL}, got {value!r}"
+        )
+        return DEFAULT_POLL_INTERVAL
+    return seconds
+
+
+def _networks(where, value, errors):
+    """ipaddress networks of a list of addresses / CIDRs (host bits zero)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        errors.append(f"{where}: must be a list of IPv4/IPv6 addresses or CIDRs, got {value!r}")
+        return []
+    networks = []
+    for item in value:
+        try:
+            networks.append(df.parse_network(item))
+        except df.FilterError as exc:
+            errors.append(f"{where}: {exc}")
+    return networks
+
+
+def _valid_exclude_peers(value, ctx, errors):
+    del ctx
+    return _networks("exclude_peers", value, errors)
+
+
+def _valid_peer_addresses(value, ctx, errors):
+    del ctx
+    return _networks("peer_addresses", value, errors)
+
+
+def _valid_namespace(value, ctx, errors):
+    """None (the module's own namespace) or {name, path} of the namespace to gate."""
+    del ctx
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return {"name": str(value).strip(), "path": _netns.resolve_namespace(value)}
+    except _netns.NetnsError as exc:
+        errors.append(f"namespace: {exc}")
+        return None
+
+
+def peer_filter(spec):
+    """The peers whose sockets count, as a _diag_filter node: in peer_addresses (if any) and not in exclude_peers."""
+    allowed = df.any_of(df.address("peer", network) for network in spec["peer_addresses"])
+    excluded = df.any_of(df.address("peer", network) for network in spec["exclude_peers"])
+    return df.all_of([allowed, None if excluded is None else ("not", excluded)])
+
+
+def _check_peer_filter(spec, errors):
+    try:
+        df.compile_filter(spec["peers"])
+    except df.FilterError as exc:
+        errors.append(f"exclude_peers, peer_addresses: {exc}")
+
+
+# option -> its semantic check: (value, {"states", "codes"}, errors) -> normalized value
+OPTION_CHECKS = {
+    "max": _valid_max,
+    "ports": _valid_ports,
+    "processes": _valid_processes,
+    "ratios": _valid_ratios,
+    "fail_on_severity": _valid_fail_on_severity,
+    "fail_on_codes": _valid_fail_on_codes,
+    "timeout": _valid_timeout,
+    "poll_interval": _valid_poll_interval,
+    "exclude_peers": _valid_exclude_peers,
+    "peer_addresses": _valid_peer_addresses,
+    "namespace": _valid_namespace,
+}
+GATING_OPTIONS = ("max", "ports", "processes", "ratios", "fail_on_severity", "fail_on_codes")
+
+
+def validate_spec(params, states, codes):
+    """Normalize and check the tcp_gate options; raise GateError listing every problem."""
+    errors = []
+    ctx = {"states": states, "codes": codes}
+    spec = {name: check(params.get(name), ctx, errors) for name, check in OPTION_CHECKS.items()}
+    spec["peers"] = peer_filter(spec)
+    _check_peer_filter(spec, errors)
     if errors:
         raise GateError("; ".join(errors))
-    if not any(spec[key] for key in ("max", "ports", "processes", "ratios", "fail_on_codes")) and not severity:
+    if not any(spec[name] for name in GATING_OPTIONS):
         raise GateError(
             "nothing to check: set at least one of max, ports, processes, ratios, fail_on_severity, fail_on_codes"
         )
     return spec
-
-
-def breakdown_states(spec):
-    """States whose sockets the per-port and per-process checks need one by one."""
-    wanted = set()
-    for counts in spec["ports"].values():
-        wanted.update(counts)
-    for counts in spec["processes"].values():
-        wanted.update(counts)
-    return wanted
-
-
-def owner_states(spec):
-    """States to ask collect_facts for owners of (the ones the gate names)."""
-    return sorted(set(spec["max"]) | breakdown_states(spec))
 
 
 # ---- evaluation ----------------------------------------------------------------
@@ -206,37 +305,44 @@ def _check(metric, value, threshold):
     return {"metric": metric, "value": value, "threshold": threshold, "passed": passed}
 
 
-def _offenders(state, facts, breakdown, pids=None, port=None):
-    """Ports, processes and peers behind a breach of `state` (optionally one port / some pids)."""
-    detail = (breakdown or {}).get("states", {}).get(state)
-    comms = (breakdown or {}).get("comm", {})
-    if detail is not None:
-        per_pid = detail["pids"]
-        selected = [pid for pid in per_pid if pids is None or pid in pids]
-        procs = []
-        for pid in selected:
-            ports = per_pid[pid]
-            if port is not None:
-                ports = {port: ports.get(port, 0)}
-            total = sum(ports.values())
-            if total:
-                procs.append((pid, total, ports))
-        procs.sort(key=lambda item: (-item[1], item[0]))
-        processes = [
-            {
-                "pid": pid,
-                "comm": comms.get(pid),
-                "sockets": total,
-                "ports": [{"port": p, "count": c} for p, c in _top(ports)],
-            }
-            for pid, total, ports in procs[:TOP_OFFENDERS]
-        ]
-        port_counts = detail["ports"] if port is None else {port: detail["ports"].get(port, 0)}
-        return {
-            "ports": [{"port": p, "count": c} for p, c in _top(port_counts) if c],
-            "processes": processes,
-            "peers": [{"address": a, "count": c} for a, c in _top(detail["peers"])],
+def _pids_named(breakdown, name):
+    """pids whose comm is what the kernel keeps of `name` (its first 15 UTF-8 bytes), compared as bytes."""
+    return {pid for pid, comm in breakdown["comm"].items() if _owners.comm_matches(name, comm)}
+
+
+def _process_offenders(detail, comms, pids=None, port=None):
+    """The busiest processes of one state (optionally some pids / one port) with their busiest ports."""
+    procs = []
+    for pid, held_ports in detail["pids"].items():
+        if pids is not None and pid not in pids:
+            continue
+        ports = held_ports if port is None else {port: held_ports.get(port, 0)}
+        total = sum(ports.values())
+        if total:
+            procs.append((pid, total, ports))
+    procs.sort(key=lambda item: (-item[1], item[0]))
+    return [
+        {
+            "pid": pid,
+            "comm": _owners.display_comm(comms.get(pid)),
+            "sockets": total,
+            "ports": [{"port": p, "count": c} for p, c in _top(ports)],
         }
+        for pid, total, ports in procs[:TOP_OFFENDERS]
+    ]
+
+
+def _detail_offenders(detail, comms, pids=None, port=None):
+    port_counts = detail["ports"] if port is None else {port: detail["ports"].get(port, 0)}
+    return {
+        "ports": [{"port": p, "count": c} for p, c in _top(port_counts) if c],
+        "processes": _process_offenders(detail, comms, pids, port),
+        "peers": [{"address": a, "count": c} for a, c in _top(detail["peers"])],
+    }
+
+
+def _facts_offenders(state, facts):
+    """Offenders from the facts' top-N tables, where no socket-level count was made for the state."""
     top = facts.get("top") or {}
     owners = (facts.get("owners") or {}).get(state) or []
     return {
@@ -252,41 +358,40 @@ def _offenders(state, facts, breakdown, pids=None, port=None):
     }
 
 
-def evaluate(spec, facts, breakdown=None, severity_rank=None):
-    """One sample against the spec -> {passed, checks, offenders, warnings}.
+def _offenders(state, facts, breakdown, pids=None, port=None):
+    """Ports, processes and peers behind a breach of `state` (optionally one port / some pids)."""
+    detail = breakdown["states"].get(state)
+    if detail is None:
+        return _facts_offenders(state, facts)
+    return _detail_offenders(detail, breakdown.get("comm", {}), pids, port)
 
-    facts: the tcp_state dict; breakdown: socket_breakdown() of the states the
-    per-port / per-process checks name (None when there are none).
-    """
-    checks, offenders = [], []
+
+def _max_checks(spec, facts, breakdown):
     states = facts.get("states") or {}
-    breakdown = breakdown or {"states": {}, "comm": {}}
-    warnings = list(breakdown.get("warnings") or [])
-
     for state, limit in spec["max"].items():
         check = _check(state, states.get(state, 0), limit)
-        checks.append(check)
-        if not check["passed"]:
-            offenders.append(dict(metric=check["metric"], **_offenders(state, facts, breakdown)))
+        yield check, (None if check["passed"] else _offenders(state, facts, breakdown))
 
+
+def _port_checks(spec, facts, breakdown):
     for port, counts in sorted(spec["ports"].items()):
         for state, limit in counts.items():
             detail = breakdown["states"].get(state, {"ports": {}})
             check = _check(f":{port} {state}", detail["ports"].get(port, 0), limit)
-            checks.append(check)
-            if not check["passed"]:
-                offenders.append(dict(metric=check["metric"], **_offenders(state, facts, breakdown, port=port)))
+            yield check, (None if check["passed"] else _offenders(state, facts, breakdown, port=port))
 
-    for comm, counts in sorted(spec["processes"].items()):
-        pids = {pid for pid, name in breakdown["comm"].items() if name == comm}
+
+def _process_checks(spec, facts, breakdown):
+    for name, counts in sorted(spec["processes"].items()):
+        pids = _pids_named(breakdown, name)
         for state, limit in counts.items():
             per_pid = breakdown["states"].get(state, {"pids": {}})["pids"]
             value = sum(sum(per_pid.get(pid, {}).values()) for pid in pids)
-            check = _check(f"{comm} {state}", value, limit)
-            checks.append(check)
-            if not check["passed"]:
-                offenders.append(dict(metric=check["metric"], **_offenders(state, facts, breakdown, pids=pids)))
+            check = _check(f"{name} {state}", value, limit)
+            yield check, (None if check["passed"] else _offenders(state, facts, breakdown, pids=pids))
 
+
+def _ratio_checks(spec, facts, warnings):
     pressure = facts.get("pressure") or {}
     for name, limit in spec["ratios"].items():
         group, key = RATIO_PATHS[name]
@@ -294,26 +399,49 @@ def evaluate(spec, facts, breakdown=None, severity_rank=None):
         if value is None:
             warnings.append(f"ratio {name} cannot be measured here (no limit visible, e.g. inside a namespace)")
         check = _check(f"{name} ratio", None if value is None else round(float(value), 4), limit)
-        checks.append(check)
-        if not check["passed"]:
-            offenders.append({"metric": check["metric"], "ports": [], "processes": [], "peers": []})
+        yield check, (None if check["passed"] else {"ports": [], "processes": [], "peers": []})
 
+
+def _severity_rank(name):
+    """_diagnose's one severity order; an unknown severity ranks below every known one."""
+    try:
+        return severity_rank(name)
+    except ValueError:
+        return -1
+
+
+def _finding_checks(spec, facts):
     findings = facts.get("findings") or []
     if spec["fail_on_severity"]:
-        rank = severity_rank or _diagnose.severity_rank
-        floor = rank(spec["fail_on_severity"])
-        hits = [f for f in findings if rank(f.get("severity")) >= floor]
-        check = _check(f"findings >= {spec['fail_on_severity']}", len(hits), 0)
-        checks.append(check)
-        if hits:
-            offenders.append(_finding_offender(check["metric"], hits))
+        floor = _severity_rank(spec["fail_on_severity"])
+        hits = [f for f in findings if _severity_rank(f.get("severity")) >= floor]
+        yield _check(f"findings >= {spec['fail_on_severity']}", len(hits), 0), _finding_offender(hits)
     for code in spec["fail_on_codes"]:
         hits = [f for f in findings if f.get("code") == code]
-        check = _check(f"finding {code}", len(hits), 0)
-        checks.append(check)
-        if hits:
-            offenders.append(_finding_offender(check["metric"], hits))
+        yield _check(f"finding {code}", len(hits), 0), _finding_offender(hits)
 
+
+def evaluate(spec, facts, breakdown=None):
+    """One sample against the spec -> {passed, checks, offenders, warnings}.
+
+    facts: the tcp_state dict (or at least its `states`); breakdown: the exact
+    counter's figures ({"states": {STATE: {ports, peers, pids}}, "comm": {pid: comm}})
+    of the states the per-port / per-process checks name (None when there are none).
+    """
+    breakdown = breakdown or {"states": {}, "comm": {}}
+    warnings = list(breakdown.get("warnings") or [])
+    checks, offenders = [], []
+    groups = (
+        _max_checks(spec, facts, breakdown),
+        _port_checks(spec, facts, breakdown),
+        _process_checks(spec, facts, breakdown),
+        _ratio_checks(spec, facts, warnings),
+        _finding_checks(spec, facts),
+    )
+    for check, offender in itertools.chain.from_iterable(groups):
+        checks.append(check)
+        if offender is not None:
+            offenders.append({"metric": check["metric"], **offender})
     return {
         "passed": all(c["passed"] for c in checks),
         "checks": checks,
@@ -322,9 +450,10 @@ def evaluate(spec, facts, breakdown=None, severity_rank=None):
     }
 
 
-def _finding_offender(metric, findings):
+def _finding_offender(findings):
+    if not findings:
+        return None
     return {
-        "metric": metric,
         "ports": [],
         "processes": [],
         "peers": [],
@@ -373,18 +502,72 @@ def breach_paragraph(result, waited=None, samples=1):
 
 
 # ---- sampling and polling -----------------------------------------------------------
+class ControllerWatch:
+    """Tells when the controller that started the module is gone, so a waiting gate stops polling.
+
+    Ansible reads the module's stdout until the module exits: when that reader
+    goes away (the SSH session or the local worker died), a pipe's write end
+    reports POLLERR and a pty or socket POLLHUP, without writing anything.  A
+    parent that exits (the module is reparented) is the second sign.  stdin is not
+    watched: with pipelining Ansible closes it once the module is sent.
+    """
+
+    HANGUP = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+    def __init__(self, fds=(1,)):
+        self.parent = os.getppid()
+        self.poller = select.poll()
+        for fd in fds:
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue  # not open: nothing to watch there
+            self.poller.register(fd, 0)  # no events asked: only hangups and errors are reported
+
+    def gone(self):
+        if os.getppid() != self.parent:
+            return True
+        return any(events & self.HANGUP for _fd, events in self.poller.poll(0))
+
+    def sleep(self, seconds):
+        """Wait `seconds`, or less when the controller goes away; True when it did."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.gone():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # the parent check needs a wake-up now and then; a hangup wakes poll() at once
+            self.poller.poll(min(left, 1.0) * 1000)
+
+
+def in_namespace(spec, sample):
+    """sample(detailed) run inside the namespace the spec names (each sample enters and leaves it)."""
+    if spec["namespace"] is None:
+        return sample
+
+    def sample_there(detailed):
+        with _netns.entered(spec["namespace"]["path"]):
+            return sample(detailed)
+
+    return sample_there
+
+
 def run_gate(spec, sample, clock=time.monotonic, sleep=time.sleep):
     """Sample until the gate passes or `timeout` runs out (one sample without timeout).
 
     sample(detailed) -> (facts, breakdown). Samples taken while waiting are light
     (no /proc/<pid>/fd pass unless a per-process check needs one); a failing gate
-    ends with one detailed sample that names the offenders. Returns evaluate()'s
-    result plus samples and elapsed.
+    ends with one detailed sample that names the offenders. sleep(seconds) may
+    return True to say the controller is gone: polling then stops at once.
+    Returns evaluate()'s result plus samples, elapsed and controller_gone.
     """
     start = clock()
     deadline = start + spec["timeout"]
     samples = 0
     detailed = not spec["timeout"]
+    gone = False
     while True:
         facts, breakdown = sample(detailed)
         samples += 1
@@ -395,83 +578,72 @@ def run_gate(spec, sample, clock=time.monotonic, sleep=time.sleep):
         if now >= deadline:
             detailed = True  # one more sample, with the owners, to name who is behind the breach
             continue
-        sleep(min(spec["poll_interval"], deadline - now))
+        if sleep(min(spec["poll_interval"], deadline - now)):
+            gone = True
+            break
     result["samples"] = samples
     result["elapsed"] = round(clock() - start, 3)
+    result["controller_gone"] = gone
     return result
 
 
-def socket_breakdown(states, ports=(), with_owners=True, *, dump=None, scan=None):
-    """Per-state counts by local port, peer address and owning pid (x local port).
+def breakdown_states(spec):
+    """States whose sockets the per-port and per-process checks need one by one."""
+    wanted = set()
+    for counts in spec["ports"].values():
+        wanted.update(counts)
+    for counts in spec["processes"].values():
+        wanted.update(counts)
+    return wanted
 
-    One kernel dump of the given states; when only per-port figures are needed
-    (``with_owners`` false and ``ports`` given) the kernel filters the ports too.
-    Returns {"states": {STATE: {"ports": {port: n}, "peers": {addr: n},
-    "pids": {pid: {port: n}}}}, "comm": {pid: comm}}.
+
+def needs_facts(spec):
+    """Whether the checks need the whole tcp_state facts (pressure ratios, findings), not only counts."""
+    return bool(spec["ratios"] or spec["fail_on_severity"] or spec["fail_on_codes"])
+
+
+def _count_plan(spec, with_facts, detailed):
+    """(states to count socket by socket, with owners, local ports the kernel may filter)."""
+    states = set(breakdown_states(spec))
+    if detailed or not with_facts or spec["peers"] is not None:
+        # without facts the counter's totals are the state counts; a detailed sample names the
+        # offenders of every breached maximum, and gives the findings their owners, from one pass
+        states.update(spec["max"])
+    with_owners = bool(spec["processes"]) or (detailed and bool(states))
+    # (the facts count every peer: with a peer filter the maxima are the counter's)
+    # the kernel may filter the ports only when the counter makes its own dump for the port checks alone
+    alone = not with_owners and not (states - breakdown_states(spec)) and not with_facts
+    return sorted(states), with_owners, sorted(spec["ports"]) if alone else ()
+
+
+def sample_host(spec, collect_facts, detailed=True, rediagnose=None, *, counting=_socket_counter):
+    """One sample: (facts, breakdown) from ONE kernel dump and at most one /proc/<pid>/fd pass.
+
+    Checks on counts only (max, ports, processes) dump just the gated states into
+    the exact counter (the kernel filtering the peers the spec excludes); with
+    ratios or findings the facts are collected (``collect_facts(options,
+    record_tap)``) and the counter counts the same dump on its way.  The
+    /proc/<pid>/fd pass (costly on hosts with many open files) is made only
+    for per-process checks, or when ``detailed`` to name a breach's
+    owners; the findings then get their owners from that same pass
+    (``rediagnose(facts)`` recomputes them).
     """
-    dump = dump or cs.iter_diag
-    scan = scan or _collect_owners.scan_socket_fds
+    with_facts = needs_facts(spec)
+    states, with_owners, ports = _count_plan(spec, with_facts, detailed)
     warnings = []
-    out = {
-        "states": {state: {"ports": {}, "peers": {}, "pids": {}} for state in states},
-        "comm": {},
-        "warnings": warnings,
-    }
-    if not states:
-        return out
-    bytecode = b""
-    if ports and not with_owners:
-        bytecode = df.compile_filter(df.any_of(df.port_range("local", p, p) for p in sorted(ports)))
-    listen = cs.STATE_NUMBERS["LISTEN"]
-    inode_of = {}
-    query = {"states": list(states), "bytecode": bytecode, "details": False}
-    # iter_matches falls back to /proc/net/tcp (same filter, in user space) where netlink is refused
-    for family, record in _socket_info.iter_matches(query, None, dump, warnings):
-        number = record[cs.R_STATE]
-        detail = out["states"].get(cs.STATES[number - 1])
-        if detail is None:  # NEW_SYN_RECV comes with SYN_RECV
-            continue
-        sport = record[cs.R_SPORT]
-        detail["ports"][sport] = detail["ports"].get(sport, 0) + 1
-        if number != listen:
-            peer = socket.inet_ntop(family, bytes(record[cs.R_DST]))
-            detail["peers"][peer] = detail["peers"].get(peer, 0) + 1
-        if with_owners and record[cs.R_INODE]:
-            inode_of[record[cs.R_INODE]] = (detail, sport)
-    if inode_of:
-        for pid, inodes in scan(set(inode_of)).items():
-            for inode in inodes:
-                detail, sport = inode_of[inode]
-                per_port = detail["pids"].setdefault(pid, {})
-                per_port[sport] = per_port.get(sport, 0) + 1
-            out["comm"][pid] = _read_comm(pid)
-    return out
-
-
-def _read_comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-            return fh.read().rstrip("\n")
-    except OSError:
-        return None
-
-
-def sample_host(spec, collect_facts, detailed=True, breakdown=socket_breakdown):
-    """One sample: (facts, breakdown) with socket-level detail only where a check needs it.
-
-    The /proc/<pid>/fd pass (costly on hosts with many open files) is made only
-    for per-process checks, or when ``detailed`` to name a breach's owners.
-    """
-    findings_checked = bool(spec["fail_on_severity"] or spec["fail_on_codes"])
-    owners = owner_states(spec) if detailed and findings_checked else []
-    facts = collect_facts({"owners": owners, "top": TOP_OFFENDERS * 3})
-    states = facts.get("states") or {}
-    detail_states = set(breakdown_states(spec))
-    breached = {state for state, limit in spec["max"].items() if states.get(state, 0) > limit}
-    if detailed:
-        # a breached per-state maximum gets its offenders named socket by socket
-        detail_states.update(breached)
-    with_owners = bool(spec["processes"]) or (detailed and bool(detail_states))
-    # with owners every port is counted (offenders name them); otherwise the kernel filters the ports
-    ports = () if with_owners else sorted(spec["ports"])
-    return facts, breakdown(sorted(detail_states), ports=ports, with_owners=with_owners)
+    counter = counting.SocketCounter(states, with_inodes=with_owners, peers=spec["peers"])
+    if with_facts:
+        facts = collect_facts({"owners": [], "top": TOP_OFFENDERS * 3}, counter if states else None)
+    else:
+        counting.dump_into(counter, ports, warnings=warnings)
+        facts = {"states": {state: detail["total"] for state, detail in counter.states.items()}}
+    held = counting.resolve_owners(counter, warnings=warnings) if with_owners else {}
+    if held and with_facts and rediagnose is not None and (spec["fail_on_severity"] or spec["fail_on_codes"]):
+        inodes = counter.owner_inodes()
+        facts["owners"] = _owners.find_owners(inodes, top=TOP_OFFENDERS * 3, held=held)[0]
+        facts["findings"] = rediagnose(facts)
+    if with_facts and spec["peers"] is not None:
+        # the findings describe the whole host; the maxima count only the peers the gate counts
+        counted = {state: counter.states[state]["total"] for state in spec["max"]}
+        facts["states"] = dict(facts["states"], **counted)
+    return facts, {"states": counter.states, "comm": counter.comm, "warnings": warnings}

@@ -140,3 +140,25 @@ def entered(path, proc=PROC):
                 raise NetnsError(f"cannot return to the original network namespace: {err.strerror}") from err
     finally:
         os.close(original)
+
+
+def resolve_namespace(value, run_dir=NETNS_RUN_DIR, proc=PROC):
+    """The setns() path of a network namespace given as an `ip netns` name or a pid inside it.
+
+    A name in run_dir wins over a pid of the same digits. NetnsError names the
+    value and the names available.
+    """
+    text = str(value).strip()
+    if text and "/" not in text and text not in (".", ".."):
+        if text in named_namespaces(run_dir, proc=proc):
+            return os.path.join(run_dir, text)
+        if text.isdigit() and int(text) > 0:
+            path = os.path.join(proc, text, "ns", "net")
+            if os.path.exists(path):
+                return path
+            raise NetnsError(f"no process with pid {text} (its network namespace cannot be entered)")
+    names = sorted(named_namespaces(run_dir, proc=proc))
+    raise NetnsError(
+        f"no network namespace named {value!r}; give a name in {run_dir} "
+        f"({', '.join(names) or 'none there'}) or the pid of a process inside it"
+    )

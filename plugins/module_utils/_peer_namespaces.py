@@ -14,7 +14,7 @@ named; neither is a namespace's own address, nor loopback.
 
 from __future__ import annotations
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners
+from ansible_collections.netstate.tcp.plugins.module_utils import _owners
 
 PEER_LISTS = (("top", "by_peer"), ("top", "by_peer_endpoint"))
 
@@ -65,7 +65,7 @@ class ContainerLookup:
             pid = self.pids.get(inode)
             container = None
             if pid:
-                info = _collect_owners.process_info(pid, proc=self.proc)
+                info = _owners.process_info(pid, proc=self.proc)
                 container = info.get("container") if info else None
             self.cache[inode] = container
         return self.cache[inode]

@@ -11,14 +11,15 @@ on the inodes of the chosen processes only.  At most ``limit`` sockets are kept
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
-import os
 import socket
 import struct
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter as df
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _owners, _procfs
 
 PROC = "/proc"
 DEFAULT_LIMIT = 100
@@ -76,71 +77,93 @@ class SocketInfoError(ValueError):
 
 
 # ---- options ---------------------------------------------------------------
-def normalize_options(params):
-    """Check every option before anything is read; raise SocketInfoError listing the problems."""
-    errors = []
-    options = {}
-    states = params.get("states") or ["all"]
-    if isinstance(states, str):
-        states = [states]
+FILTER_OPTIONS = {
+    "local_ports": df.parse_port_spec,
+    "peer_ports": df.parse_port_spec,
+    "local_addresses": df.parse_network,
+    "peer_addresses": df.parse_network,
+}
+
+
+def _valid_states(value, errors):
+    states = value or ["all"]
     names = []
-    for state in states:
-        key = str(state).strip().upper().replace("-", "_")
-        if key == "ALL":
-            names = list(cs.STATES)
-            break
-        if key not in cs.STATES:
+    for state in [states] if isinstance(states, str) else states:
+        if str(state).strip().upper() == "ALL":
+            return list(cs.STATES)
+        key = cs.normalize_state(str(state))
+        if key is None:
             errors.append(f"states: unknown state {state!r}; valid states: all, {', '.join(cs.STATES)}")
         elif key not in names:
             names.append(key)
-    options["states"] = names
+    return names
 
-    parsers = {
-        "local_ports": df.parse_port_spec,
-        "peer_ports": df.parse_port_spec,
-        "local_addresses": df.parse_network,
-        "peer_addresses": df.parse_network,
-    }
-    values = {}
-    for name, parse in parsers.items():
-        values[name] = list(params.get(name) or ())
-        for value in values[name]:
-            try:
-                parse(value)
-            except df.FilterError as exc:
-                errors.append(f"{name}: {exc}")
-    options["bytecode"] = b""
-    if not errors:
-        node = df.build_filter(**values)
+
+def _valid_filter(name, value, errors):
+    """One filter option's values, each checked by its parser (the compiler parses them again)."""
+    values = list(value or ())
+    for item in values:
         try:
-            options["bytecode"] = df.compile_filter(node)
+            FILTER_OPTIONS[name](item)
         except df.FilterError as exc:
-            errors.append(f"local_ports/peer_ports/local_addresses/peer_addresses: {exc}")
+            errors.append(f"{name}: {exc}")
+    return values
 
+
+def _bytecode(values, errors):
+    """The inet_diag program of the four filter options (b"" when none), or an error naming them and the limit."""
+    try:
+        return df.compile_filter(df.build_filter(**values))
+    except df.FilterError as exc:
+        errors.append(f"{', '.join(name for name in FILTER_OPTIONS if values[name])}: {exc}")
+        return b""
+
+
+def _valid_pids(value, errors):
     pids = []
-    for pid in params.get("pids") or ():
+    for pid in value or ():
         if isinstance(pid, bool) or not str(pid).strip().isdigit() or int(pid) < 1:
             errors.append(f"pids: must be positive integers, got {pid!r}")
         else:
             pids.append(int(pid))
-    options["pids"] = pids
+    return pids
+
+
+def _valid_comms(value, errors):
+    """Names as given; a name matches the processes whose comm is its first 15 UTF-8 bytes (_owners.comm_matches)."""
     comms = []
-    for comm in params.get("comms") or ():
+    for comm in value or ():
         if not isinstance(comm, str) or not comm.strip():
             errors.append(f"comms: must be non-empty process names, got {comm!r}")
         else:
-            comms.append(comm.strip()[:15])  # /proc/<pid>/comm keeps 15 characters
-    options["comms"] = comms
+            comms.append(comm.strip())
+    return comms
 
-    limit = params.get("limit")
-    limit = DEFAULT_LIMIT if limit is None else limit
+
+def _valid_limit(value, errors):
+    limit = DEFAULT_LIMIT if value is None else value
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         errors.append(f"limit: must be an integer >= 0, got {limit!r}")
-    options["limit"] = limit
-    sort = params.get("sort") or "none"
+    return limit
+
+
+def _valid_sort(value, errors):
+    sort = value or "none"
     if sort not in SORT_KEYS:
         errors.append(f"sort: must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
-    options["sort"] = sort
+    return sort
+
+
+def normalize_options(params):
+    """Check every option before anything is read; raise SocketInfoError listing the problems."""
+    errors = []
+    options = {"states": _valid_states(params.get("states"), errors)}
+    filters = {name: _valid_filter(name, params.get(name), errors) for name in FILTER_OPTIONS}
+    options["bytecode"] = b"" if errors else _bytecode(filters, errors)
+    options["pids"] = _valid_pids(params.get("pids"), errors)
+    options["comms"] = _valid_comms(params.get("comms"), errors)
+    options["limit"] = _valid_limit(params.get("limit"), errors)
+    options["sort"] = _valid_sort(params.get("sort"), errors)
     options["details"] = bool(params.get("details"))
     if errors:
         raise SocketInfoError("; ".join(errors))
@@ -148,39 +171,17 @@ def normalize_options(params):
 
 
 # ---- owners -------------------------------------------------------------------
-def _comm(pid, proc=PROC):
-    try:
-        with open(os.path.join(proc, str(pid), "comm"), encoding="utf-8", errors="replace") as fh:
-            return fh.read().rstrip("\n")
-    except OSError:
-        return None
-
-
 def owner_inodes(pids, comms, proc=PROC):
     """{socket inode: (pid, comm)} of the chosen processes (only their fd dirs are read)."""
     chosen = {pid: None for pid in pids}
-    if comms:
-        wanted = set(comms)
-        for entry in os.listdir(proc):
-            if entry.isdigit():
-                comm = _comm(entry, proc)
-                if comm in wanted:
-                    chosen[int(entry)] = comm
+    chosen.update(_owners.pids_by_comm(comms, proc))
+    held = _owners.scan_socket_fds(_owners.ALL_SOCKETS, proc, pids=sorted(chosen))
     inodes = {}
-    for pid in sorted(chosen):
-        comm = chosen[pid] or _comm(pid, proc)
-        try:
-            fds = os.scandir(os.path.join(proc, str(pid), "fd"))
-        except OSError:
-            continue
-        with fds:
-            for fd in fds:
-                try:
-                    link = os.readlink(fd.path)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):  # socket:[12345]
-                    inodes.setdefault(int(link[8:-1]), (pid, comm))
+    for pid in sorted(held):
+        raw = chosen[pid] if chosen[pid] is not None else _owners.read_comm_bytes(pid, proc)
+        comm = _owners.display_comm(raw)
+        for inode in held[pid]:
+            inodes.setdefault(inode, (pid, comm))
     return inodes
 
 
@@ -262,63 +263,19 @@ def _sort_key(sort, record, family):
 
 
 # ---- /proc/net/tcp fallback -------------------------------------------------------
-def _procfs_address(hexstr):
-    # /proc/net/tcp{,6} prints addresses as native-endian 32-bit words
-    words = bytes.fromhex(hexstr)
-    return struct.pack(f"={len(words) // 4}I", *struct.unpack(f">{len(words) // 4}I", words))
-
-
-def iter_procfs(family, states_mask, extensions=0, bytecode=b"", proc=PROC):
-    """Records in iter_diag's layout from /proc/net/tcp{,6}, for hosts without netlink sock_diag.
+def iter_procfs(family, states_mask, extensions=0, bytecode=b"", *, proc=PROC, warnings=None):
+    """Records in iter_diag's layout from /proc/net/tcp{,6} (``_procfs``), for hosts without netlink sock_diag.
 
     The kernel cannot filter here: the state mask is applied per line and the
     bytecode is run by _diag_filter.run_bytecode, the kernel's algorithm.
     No extensions (tcp_info, memory) are available; ``extensions`` is ignored.
+    Malformed lines are counted in one warning appended to ``warnings``.
     """
     del extensions
-    path = os.path.join(proc, "net", "tcp" if family == socket.AF_INET else "tcp6")
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    try:
-        handle = open(path, encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        if family == socket.AF_INET6:
-            return  # IPv6 disabled: no sockets
-        raise
-    with handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) < 10 or fields[0] == "sl":
-                continue
-            try:
-                src_hex, sport_hex = fields[1].split(":")
-                dst_hex, dport_hex = fields[2].split(":")
-                state = int(fields[3], 16)
-                if not states_mask & (1 << state):
-                    continue
-                wq, rq = (int(x, 16) for x in fields[4].split(":"))
-                timer_hex, when_hex = fields[5].split(":")
-                timer = int(timer_hex, 16)
-                record = (
-                    state,
-                    _procfs_address(src_hex),
-                    int(sport_hex, 16),
-                    _procfs_address(dst_hex),
-                    int(dport_hex, 16),
-                    rq,
-                    wq,
-                    timer,
-                    int(fields[6], 16),
-                    int(when_hex, 16) * 1000 // ticks,
-                    int(fields[7]),
-                    int(fields[9]),
-                    0,
-                    None,
-                )
-            except ValueError:
-                continue  # a malformed line is not a socket
-            if bytecode and not df.run_bytecode(bytecode, (family, record[1], record[2], record[3], record[4])):
-                continue
-            yield record
+    for record in _procfs.iter_procfs(family, states_mask, warnings, proc=proc):
+        if bytecode and not df.run_bytecode(bytecode, (family, record[1], record[2], record[3], record[4])):
+            continue
+        yield record
 
 
 # ---- the query ----------------------------------------------------------------------
@@ -341,7 +298,7 @@ def iter_matches(options, owners=None, dump=cs.iter_diag, warnings=None):
                 continue  # IPv6 disabled: no sockets to list
             # netlink refused: the same filters, applied in user space on /proc/net/tcp{,6}
             warnings.append(f"netlink sock_diag unavailable ({exc}); listed from /proc/net/tcp, filtered in user space")
-            dump = iter_procfs
+            dump = functools.partial(iter_procfs, warnings=warnings)
             records = dump(family, mask, extensions, options["bytecode"])
             first = next(records, None)
         if first is None:

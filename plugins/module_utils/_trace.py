@@ -32,7 +32,7 @@ import select
 import signal
 import time
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners
+from ansible_collections.netstate.tcp.plugins.module_utils import _owners
 
 PROC = "/proc"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -232,7 +232,7 @@ def identify_process(tgid, proc=PROC):
         netns = os.stat(os.path.join(proc, str(tgid), "ns", "net")).st_ino
     except OSError:
         return None
-    info = _collect_owners.process_info(tgid, proc)
+    info = _owners.process_info(tgid, proc)
     if info.get("comm") is None:
         return None
     return {"netns": netns, "info": info}

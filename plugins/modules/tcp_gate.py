@@ -14,8 +14,10 @@ description:
   - Thresholds are maximum socket counts per TCP state (O(max)), per state on one local port (O(ports)), per state
     held by processes of one name (O(processes)), maximum pressure ratios (O(ratios)), and findings of the
     diagnosis (O(fail_on_severity), O(fail_on_codes)). A value equal to its threshold passes.
-  - Per-port and per-process figures come from a socket-level dump of only the states they name (the ports
-    filtered by the kernel when no owner is needed) and one pass over C(/proc/<pid>/fd).
+  - Each sample is one kernel dump and at most one pass over C(/proc/<pid>/fd). Checks on counts (O(max),
+    O(ports), O(processes)) dump only the states they name (the ports filtered by the kernel when no owner is
+    needed); with O(ratios) or findings the facts' dump is counted on its way. The C(/proc/<pid>/fd) pass is made
+    for O(processes), and to name the owners behind a breach.
   - With O(timeout), samples every O(poll_interval) seconds until every check passes or the time is up, like
     M(ansible.builtin.wait_for); without it, one sample decides.
   - On a breach the task fails with one paragraph naming each failed metric, its value, the threshold and the
@@ -53,8 +55,10 @@ options:
     default: {}
   processes:
     description:
-      - Maximum sockets per TCP state held by the processes of one name (C(/proc/<pid>/comm), at most 15
-        characters; longer names are cut to 15), summed over all its pids.
+      - Maximum sockets per TCP state held by the processes of one name, summed over all its pids.
+      - The kernel keeps a process name (C(/proc/<pid>/comm)) in 15 bytes, cut possibly inside a multi-byte
+        character. A name matches the processes whose comm is the first 15 bytes of its UTF-8 encoding, so the full
+        name and the kernel's cut name both match.
       - "For example C({java: {close_wait: 50}})."
       - States and counts as in O(max). Sockets in TIME_WAIT and orphans belong to no process.
     type: dict
@@ -87,15 +91,40 @@ options:
   timeout:
     description:
       - Seconds to wait for every check to pass (a host draining its connections). V(0) takes one sample.
+      - A finite number from V(0) to V(86400) (one day).
+      - The module stops waiting as soon as its controller is gone (the connection that started it closed).
     type: float
     default: 0
   poll_interval:
     description:
-      - Seconds between two samples while waiting (O(timeout)). Must be above V(0).
+      - Seconds between two samples while waiting (O(timeout)), a finite number from V(0.1) to V(3600). The last
+        wait is cut to the deadline.
     type: float
     default: 5
+  exclude_peers:
+    description:
+      - Sockets whose peer address is in one of these addresses or CIDRs are not counted, for example health
+        checkers and load-balancer probes that keep a draining host looking busy.
+      - Applies to O(max), O(ports) and O(processes); O(ratios) and the findings describe the whole host.
+      - An IPv4 CIDR also matches IPv4-mapped IPv6 peers (C(::ffff:10.0.0.5)), as in the kernel's filter.
+    type: list
+    elements: str
+    default: []
+  peer_addresses:
+    description:
+      - Only sockets whose peer address is in one of these addresses or CIDRs are counted (O(exclude_peers) still
+        removes some of them). Applies like O(exclude_peers).
+    type: list
+    elements: str
+    default: []
+  namespace:
+    description:
+      - Gate the sockets of another network namespace, for example a container's, given by its C(ip netns) name
+        (in C(/run/netns)) or by the pid of a process inside it. A name wins over a pid of the same digits.
+      - Unset gates the namespace the module runs in. Entering another namespace needs root.
+    type: str
 notes:
-  - The gate looks at the network namespace the module runs in.
+  - The gate looks at the network namespace the module runs in, or the one O(namespace) names.
   - Use O(timeout) before putting a host back in service, and no timeout right after a deploy to stop the rollout
     at the first host that leaks.
 seealso:
@@ -125,6 +154,15 @@ EXAMPLES = r"""
       established: 10
     timeout: 300
     poll_interval: 10
+
+- name: Drain a container's connections, ignoring the load balancer's health checks
+  netstate.tcp.tcp_gate:
+    namespace: web-1
+    max:
+      established: 0
+    exclude_peers: [10.0.5.0/24]
+    timeout: 600
+    poll_interval: 5
 
 - name: Gate on kernel pressure and on specific findings, keep the result for a report
   netstate.tcp.tcp_gate:
@@ -240,7 +278,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 exit_on_old_python("tcp_gate")  # before the module_utils below: they need Python 3.7 syntax
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 
 def main():
@@ -255,6 +293,9 @@ def main():
             "timeout": {"type": "float", "default": 0},
             "poll_interval": {"type": "float", "default": 5},
             "thresholds": {"type": "dict"},
+            "exclude_peers": {"type": "list", "elements": "str", "default": []},
+            "peer_addresses": {"type": "list", "elements": "str", "default": []},
+            "namespace": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -266,15 +307,25 @@ def main():
 
     warnings = []
 
-    def collect(options):
-        facts = _facts.collect_facts(dict(options, **facts_options))
+    def collect(options, record_tap):
+        facts = _facts.collect_facts(dict(options, **facts_options), record_tap)
         warnings[:] = list(facts.get("warnings") or [])
         return facts
 
+    def rediagnose(facts):
+        return _diagnose.diagnose(facts, facts_options["thresholds"])
+
+    def sample(detailed):
+        return _gate.sample_host(spec, collect, detailed, rediagnose=rediagnose)
+
+    watch = _gate.ControllerWatch()
     try:
-        result = _gate.run_gate(spec, lambda detailed: _gate.sample_host(spec, collect, detailed))
+        result = _gate.run_gate(spec, _gate.in_namespace(spec, sample), sleep=watch.sleep)
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_gate: cannot sample the host: {err}", passed=False, exception=traceback.format_exc())
+    if result["controller_gone"]:
+        # nobody reads this any more; exiting is what matters
+        module.fail_json(msg="tcp_gate: the controller went away while the gate was waiting; stopped polling")
     for warning in result["warnings"]:
         # an unmeasurable ratio check passes: say so where the operator looks, not only in warnings_list
         module.warn(warning)

@@ -77,8 +77,10 @@ options:
     default: []
   comms:
     description:
-      - Only sockets held by processes with these names (C(/proc/<pid>/comm), at most 15 characters; longer
-        names are cut to 15). Combined with O(pids) as either.
+      - Only sockets held by processes with these names. Combined with O(pids) as either.
+      - The kernel keeps a process name (C(/proc/<pid>/comm)) in 15 bytes, cut possibly inside a multi-byte
+        character. A name matches the processes whose comm is the first 15 bytes of its UTF-8 encoding, so the full
+        name and the name as RV(sockets[].owner.comm) shows it both match.
     type: list
     elements: str
     default: []
@@ -216,7 +218,7 @@ sockets:
           description: Process id.
           type: int
         comm:
-          description: Process name.
+          description: Process name as the kernel keeps it (15 bytes), a character it cut shown as U+FFFD.
           type: str
     timer:
       description: The socket's active timer.
@@ -261,7 +263,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 
 exit_on_old_python("tcp_socket_info")  # before the module_utils below: they need Python 3.7 syntax
 
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import DiagError, DiagUnavailable
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import DiagError, DiagUnavailable
 from ansible_collections.netstate.tcp.plugins.module_utils._socket_info import (
     SORT_KEYS,
     SocketInfoError,

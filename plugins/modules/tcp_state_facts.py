@@ -24,6 +24,8 @@ description:
   - Runs without root too; it then reports what it can see (socket counts, sockstat, counters, sysctls, the
     user's own processes) and lists what it could not read in RV(ansible_facts.tcp_state.warnings).
   - Needs only Python 3.7+ and its standard library on the managed node.
+  - A netlink dump the kernel flags as interrupted by concurrent changes (C(NLM_F_DUMP_INTR)) is taken again
+    once; when the second is interrupted too, RV(ansible_facts.tcp_state.warnings) says so.
 requirements:
   - Python >= 3.7 on the managed node, standard library only (on an older Python the module fails
     with a message naming the minimum).
@@ -31,10 +33,15 @@ author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
   - netstate.tcp.attributes
-  - netstate.tcp.attributes.INFO_MODULE
   - netstate.tcp.attributes.FACTS
   - netstate.tcp.attributes.PLATFORM_LINUX
   - netstate.tcp.thresholds
+attributes:
+  check_mode:
+    support: full
+    details: Reads only; the O(prometheus_textfile) file is not written in check mode.
+  diff_mode:
+    support: none
 options:
   top:
     description:
@@ -60,6 +67,8 @@ options:
       - Seconds between two samples. With a value above V(0), RV(ansible_facts.tcp_state.rates) gives the counters'
         per-second rates over the interval and RV(ansible_facts.tcp_state.persistent) counts the sockets found in
         FIN_WAIT1, CLOSE_WAIT or LAST_ACK in both samples (matched by socket cookie).
+      - Memory over the interval is the first sample's socket cookies of those three states, 8 bytes per socket
+        (about 1 MB for 100,000 CLOSE_WAIT sockets); nothing else of the first sample is kept.
       - V(0) takes one sample. At most V(300).
     type: float
     default: 0
@@ -109,9 +118,24 @@ options:
         namespace (from C(/proc/<pid>/ns/net)).
     type: float
     default: 0
+  prometheus_textfile:
+    description:
+      - Also write the figures of RV(ansible_facts.tcp_state) (the namespace the module runs in) as Prometheus
+        text exposition to this file, for node_exporter's textfile collector, in the same call.
+      - An absolute path of a file whose name ends in C(.prom) (the only files the collector reads), without
+        control characters. Missing parent directories are created with mode C(0755), so node_exporter can
+        enter them; an existing symlink or directory at the path is refused.
+      - The file is written atomically (a temporary file in the same directory, renamed over the target) with
+        mode C(0644); the task then reports C(changed). Not written in check mode.
+      - 'Metrics: C(netstate_tcp_sockets{state}), C(netstate_tcp_findings{code,severity}),
+        C(netstate_tcp_worst_severity), the pressure figures (C(netstate_tcp_orphans), C(netstate_tcp_orphans_ratio),
+        C(netstate_tcp_memory_ratio_to_high), ...), C(netstate_tcp_churn_*) when TCP churn was traced,
+        C(netstate_tcp_conntrack_*) when the namespace has a conntrack table, and
+        C(netstate_tcp_audit_timestamp_seconds) (the collection time).'
+    type: str
 notes:
-  - Read-only. Nothing on the host is changed, in check mode or not; with O(trace) a tracefs instance exists for
-    the duration of the task only.
+  - Read-only, except the O(prometheus_textfile) file when that option is given. With O(trace) a tracefs
+    instance exists for the duration of the task only.
   - C(tcp_orphan_retries=0) means 8 retries to the kernel; RV(ansible_facts.tcp_state.effective) shows the
     effective value.
   - In a non-initial network namespace C(net.ipv4.tcp_max_orphans) and C(net.ipv4.tcp_mem) do not exist; they are
@@ -335,9 +359,12 @@ ansible_facts:
                                max_retransmits: 7}}
         top:
           description:
-            - For each state that has sockets, the O(top) busiest C(by_local_port), C(by_local_address) and
-              C(by_peer) (peer C(scope) is V(loopback), V(local) or V(remote)). LISTEN sockets are in
-              RV(ansible_facts.tcp_state.listeners) instead.
+            - For each state that has sockets, the O(top) busiest C(by_local_port), C(by_local_address),
+              C(by_peer) and C(by_peer_endpoint) (peer C(scope) is V(loopback), V(local) or V(remote)). LISTEN
+              sockets are in RV(ansible_facts.tcp_state.listeners) instead.
+            - C(by_peer_endpoint) counts peer address and port of the sockets on a local port nothing listens on
+              (outgoing connections), so TIME_WAIT churn names the service it hammers; accepted connections are
+              left out (their peer port is the client's ephemeral port).
             - With O(namespaces) other than V(current), every C(by_peer) and C(by_peer_endpoint) entry (and each
               C(churn.peers) entry) also has C(namespace) and C(container). When another described namespace owns
               the peer address (one of its own addresses, and of no other namespace), C(namespace) is its
@@ -348,7 +375,8 @@ ansible_facts:
           type: dict
           sample: {by_local_port: {TIME_WAIT: [{port: 6601, count: 5000}]},
                    by_local_address: {TIME_WAIT: [{address: "10.0.0.1", count: 5000}]},
-                   by_peer: {TIME_WAIT: [{address: "192.0.2.1", count: 4990, scope: remote}]}}
+                   by_peer: {TIME_WAIT: [{address: "192.0.2.1", count: 4990, scope: remote}]},
+                   by_peer_endpoint: {TIME_WAIT: [{address: "192.0.2.1", port: 443, count: 4990, scope: remote}]}}
         owners:
           description:
             - For each state of O(owners), the processes holding its sockets, most sockets first, at most O(top).
@@ -569,24 +597,27 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 
 exit_on_old_python("tcp_state_facts")  # before the module_utils below: they need Python 3.7 syntax
 
-from ansible_collections.netstate.tcp.plugins.module_utils._facts import FactsError, gather_facts, normalize_options
+from ansible_collections.netstate.tcp.plugins.module_utils._facts import (
+    ARGUMENT_SPEC,
+    FactsError,
+    gather_facts,
+    normalize_options,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._netns import NetnsError
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "top": {"type": "int", "default": 10},
-            "owners": {"type": "list", "elements": "str", "default": ["CLOSE_WAIT", "LISTEN"]},
-            "interval": {"type": "float", "default": 0},
-            "namespaces": {"type": "raw", "default": "current"},
-            "thresholds": {"type": "dict"},
-            "families": {"type": "list", "elements": "str", "choices": ["ipv4", "ipv6"], "default": ["ipv4", "ipv6"]},
-            "trace": {"type": "float", "default": 0},
-        },
+        # the textfile is output, not a facts option: _facts.ARGUMENT_SPEC holds what the facts depend on
+        argument_spec={**ARGUMENT_SPEC, "prometheus_textfile": {"type": "str"}},
         supports_check_mode=True,
     )
+    textfile = module.params["prometheus_textfile"]
+    if textfile is not None:
+        # AnsiballZ imports from a zip, so every imported module_utils file is compiled on each run: only when asked
+        from ansible_collections.netstate.tcp.plugins.module_utils import _prometheus  # noqa: PLC0415
     try:
+        textfile = None if textfile is None else _prometheus.check_textfile_path(textfile)
         options = normalize_options(module.params)
         facts = gather_facts(options)
     except ValueError as err:
@@ -595,7 +626,13 @@ def main():
         module.fail_json(msg=f"tcp_state_facts: {err}")
     except Exception as err:  # never a bare traceback: one clear failure with the details attached
         module.fail_json(msg=f"tcp_state_facts: unexpected error: {err}", exception=traceback.format_exc())
-    module.exit_json(changed=False, ansible_facts=facts)
+    if textfile is None or module.check_mode:
+        module.exit_json(changed=False, ansible_facts=facts)
+    try:
+        _prometheus.write_textfile(textfile, _prometheus.render_tcp_state(facts["tcp_state"]), module.atomic_move)
+    except OSError as err:
+        module.fail_json(msg=f"prometheus_textfile: cannot write {textfile}: {err}")
+    module.exit_json(changed=True, ansible_facts=facts)
 
 
 if __name__ == "__main__":

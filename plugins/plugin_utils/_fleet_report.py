@@ -23,9 +23,10 @@ import shutil
 import tempfile
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank, worst_severity
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils._prometheus import pressure_figures, render_metrics
 
 REPORT_SCHEMA = 1
 STATUSES = ("ok", "malformed", "failed", "unreachable")
@@ -347,22 +348,7 @@ def check_facts(facts) -> list[str]:
 
 def _pressure_summary(pressure: dict) -> dict:
     """The pressure numbers the fleet tables and charts use (None when absent); already validated."""
-    orphans = pressure.get("orphans") or {}
-    memory = pressure.get("memory") or {}
-    return {
-        "orphans": orphans.get("count"),
-        "orphans_limit": orphans.get("limit"),
-        "orphans_ratio": _float_or_none(orphans.get("ratio")),
-        "orphans_ratio_penalized_4x": _float_or_none(orphans.get("ratio_penalized_4x")),
-        "memory_pages": memory.get("pages"),
-        "memory_ratio_to_high": _float_or_none(memory.get("ratio_to_high")),
-        "time_wait_ratio": _float_or_none((pressure.get("time_wait") or {}).get("ratio")),
-        "ephemeral_ports_ratio": _float_or_none((pressure.get("ephemeral_ports") or {}).get("ratio")),
-    }
-
-
-def _float_or_none(value):
-    return None if value is None else float(value)
+    return pressure_figures(pressure)
 
 
 def _empty_entry(name: str, status: str, error) -> dict:
@@ -1070,71 +1056,9 @@ def render_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-def _prom_label(value) -> str:
-    # the text format escapes exactly these three in label values
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _prom_number(value):
-    """A sample value: only a finite int or float (anything else would break or forge sample lines)."""
-    if not _is_finite(value):
-        return None
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def render_prom(entry: dict, generated_at: str) -> str:
-    """node_exporter textfile-collector text for one host (status ok only)."""
-    lines = [
-        "# HELP netstate_tcp_sockets TCP sockets by state (netstate.tcp tcp_state_facts).",
-        "# TYPE netstate_tcp_sockets gauge",
-    ]
-    for state in STATES:
-        value = _prom_number((entry["states"] or {}).get(state))
-        if value is not None:
-            lines.append(f'netstate_tcp_sockets{{state="{state}"}} {value}')
-    counts: dict[tuple[str, str], int] = {}
-    for finding in entry["findings"]:
-        key = (str(finding["code"]), str(finding["severity"]))
-        counts[key] = counts.get(key, 0) + 1
-    lines += [
-        "# HELP netstate_tcp_findings Findings of the last netstate.tcp audit by code and severity.",
-        "# TYPE netstate_tcp_findings gauge",
-    ]
-    lines += [
-        f'netstate_tcp_findings{{code="{_prom_label(c)}",severity="{_prom_label(s)}"}} {n}'
-        for (c, s), n in sorted(counts.items())
-    ]
-    worst = entry["severity"] if entry["severity"] in SEVERITIES else None
-    lines += [
-        "# HELP netstate_tcp_worst_severity Worst finding severity (0 none, 1 info, 2 warning, 3 critical).",
-        "# TYPE netstate_tcp_worst_severity gauge",
-        f"netstate_tcp_worst_severity {severity_order(worst)}",
-    ]
-    pressure = entry["pressure"] or {}
-    for key, help_text in (
-        ("orphans", "Orphaned TCP sockets (host-wide, /proc/net/sockstat)."),
-        ("orphans_limit", "net.ipv4.tcp_max_orphans."),
-        ("orphans_ratio", "Orphans over tcp_max_orphans."),
-        ("memory_pages", "TCP memory in pages (host-wide)."),
-        ("memory_ratio_to_high", "TCP memory over tcp_mem[2]."),
-        ("time_wait_ratio", "TIME_WAIT sockets over tcp_max_tw_buckets."),
-        ("ephemeral_ports_ratio", "Busiest ephemeral port tuple over the port range."),
-    ):
-        value = _prom_number(pressure.get(key))
-        if value is None:
-            continue
-        lines += [
-            f"# HELP netstate_tcp_{key} {help_text}",
-            f"# TYPE netstate_tcp_{key} gauge",
-            f"netstate_tcp_{key} {value}",
-        ]
-    stamp = datetime.datetime.strptime(generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    lines += [
-        "# HELP netstate_tcp_audit_timestamp_seconds When the netstate.tcp audit report was generated.",
-        "# TYPE netstate_tcp_audit_timestamp_seconds gauge",
-        f"netstate_tcp_audit_timestamp_seconds {int(stamp.timestamp())}",
-    ]
-    return "\n".join(lines) + "\n"
+    """node_exporter textfile-collector text for one host (status ok only): the hosts' own renderer."""
+    return render_metrics(entry["states"], entry["findings"], entry["pressure"], generated_at)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Socket collector (`_collect_sockets`) against the usual tools on one lab namespace of >= 300k sockets.
+"""Socket collector (`_socket_aggregate`) against the usual tools on one lab namespace of >= 300k sockets.
 
 Each round starts the lab's `mix` scenario afresh (ESTABLISHED, TIME_WAIT,
 CLOSE_WAIT, FIN_WAIT2, LISTEN; its TIME_WAIT sockets live only 60 s, so every
@@ -10,7 +10,7 @@ round measures right after its mix is ready) and times, inside that namespace
   ss | awk        ss -tan | awk '{print $1}' | sort | uniq -c
   netstat | awk   netstat -ant | awk '{print $6}' | sort | uniq -c
   psutil          psutil.net_connections(kind="tcp")
-  owners          _collect_owners.find_owners() on collect_sockets' inodes (one /proc/*/fd pass)
+  owners          _owners.find_owners() on collect_sockets' inodes (one /proc/*/fd pass)
   ss -tanp        the tool operators use to find owners
 
 Best of ROUNDS per tool (time.perf_counter).  pyroute2's DiagSocket runs once, on a
@@ -39,7 +39,8 @@ COLLECTIONS = str(ROOT / ".build" / "collections")
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 
 MIX_COUNT = 330_000  # the mix's plan for this count: ~330k sockets, ~140k of them TIME_WAIT
 ROUNDS = 3
@@ -49,7 +50,8 @@ PYROUTE2_TIMEOUT = 1200
 RSS_CODE = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 def hwm():
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -105,18 +107,18 @@ def bare_dump_count():
     buf = bytearray(1 << 16)
     header = struct.Struct("=IH").unpack_from
     for family in ("ipv4", "ipv6"):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, cs.NETLINK_SOCK_DIAG)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_SOCK_DIAG)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             sock.settimeout(30)
-            sock.send(cs.build_request(family, cs.ALL_STATES_MASK))
+            sock.send(nl.build_request(family, nl.ALL_STATES_MASK))
             done = False
             while not done:
                 n = sock.recv_into(buf)
                 off = 0
                 while off < n:
                     length, typ = header(buf, off)
-                    if typ in (cs.NLMSG_DONE, cs.NLMSG_ERROR) or length < 16:
+                    if typ in (nl.NLMSG_DONE, nl.NLMSG_ERROR) or length < 16:
                         done = True
                         break
                     count += 1
@@ -146,10 +148,10 @@ def shell_count(cmd, count_lines=False):
 
 
 def owners_pass(sockets):
-    from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners  # noqa: PLC0415
+    from ansible_collections.netstate.tcp.plugins.module_utils import _owners  # noqa: PLC0415
 
     listener_inodes = [item["inode"] for item in sockets["listeners"]]
-    owners, _listener_owner = _collect_owners.find_owners(sockets["_owner_inodes"], listener_inodes, top=10)
+    owners, _listener_owner = _owners.find_owners(sockets["_owner_inodes"], listener_inodes, top=10)
     return sum(o["sockets"] for rows in owners.values() for o in rows)
 
 
@@ -282,7 +284,7 @@ def report(rounds, pyroute2, load_before, load_after, started):
     lines += [
         "",
         f"The same collection in a fresh subprocess took {sub:.3f} s (best of {len(rounds)}). "
-        "`owners` times the /proc/*/fd pass of `_collect_owners` alone, on the collector's inodes (its "
+        "`owners` times the /proc/*/fd pass of `_owners` alone, on the collector's inodes (its "
         "sockets column: owned CLOSE_WAIT/LISTEN sockets of the top 10 processes). Tools late in a round see "
         "fewer sockets when the mix's TIME_WAIT sockets expire (60 s); the µs-per-socket column allows for that.",
     ]

@@ -31,8 +31,8 @@ for _path in (COLLECTIONS, str(ROOT / "tests/unit/plugins/module_utils"), str(RO
 
 from netlink_chunks import read_chunk_file
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets, _netns
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack as ct
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink, _netns
 from netstate_lab import Lab
 
 ENTRIES = 262_144  # the default nf_conntrack_max of a host with 8+ GiB
@@ -152,7 +152,7 @@ def bare_dump():
     try:
         sock.sendall(ct.build_dump_request())
         total = 0
-        for chunk in _collect_sockets.recv_chunks(sock):
+        for chunk in _netlink.recv_chunks(sock):
             total += len(chunk)
             if len(chunk) >= 20 and struct.unpack_from("=IH", chunk, len(chunk) - 20)[1] == ct.NLMSG_DONE:
                 return total

@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_collect_sockets on real sockets: lab scenarios in a namespace, checked against ss, pyroute2 and /proc.
+"""_socket_aggregate.collect_sockets on real sockets: lab namespaces, checked against ss, pyroute2 and /proc.
 
 The collector runs inside the lab namespace in a subprocess (``ip netns exec``),
 as the module does on a managed node.
@@ -25,35 +25,40 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 COLLECT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 kwargs = json.loads(sys.argv[2])
 result = cs.collect_sockets(**kwargs)
-result["_tracked"] = {str(k): v for k, v in result["_tracked"].items()}
+result["_tracked"] = list(result["_tracked"])
 print(json.dumps(result))
 """
 
 RECORDS = """
 import json, socket, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 rows = []
 for family in ("ipv4", "ipv6"):
-    af = cs.FAMILIES[family]
-    for r in cs.iter_diag(family, cs.ALL_STATES_MASK):
-        rows.append([r[cs.R_STATE], socket.inet_ntop(af, r[cs.R_SRC]), r[cs.R_SPORT],
-                     socket.inet_ntop(af, r[cs.R_DST]), r[cs.R_DPORT], r[cs.R_RQUEUE], r[cs.R_WQUEUE], r[cs.R_INODE]])
+    af = nl.FAMILIES[family]
+    for r in nl.iter_diag(family, nl.ALL_STATES_MASK):
+        rows.append([r[nl.R_STATE], socket.inet_ntop(af, r[nl.R_SRC]), r[nl.R_SPORT],
+                     socket.inet_ntop(af, r[nl.R_DST]), r[nl.R_DPORT], r[nl.R_RQUEUE], r[nl.R_WQUEUE], r[nl.R_INODE]])
 print(json.dumps(rows))
 """
 
 FALLBACK = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 def refused(*args, **kwargs):
     # what open_diag_socket raises when socket(AF_NETLINK, ..., NETLINK_SOCK_DIAG) fails with EACCES
-    raise cs.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
-cs.dump = refused
-print(json.dumps(cs.collect_sockets()))
+    raise nl.DiagUnavailable("netlink sock_diag socket not available: [Errno 13] Permission denied")
+nl.dump = refused
+result = cs.collect_sockets()
+result["_tracked"] = list(result["_tracked"])
+print(json.dumps(result))
 """
 
 PYROUTE2 = """
@@ -172,8 +177,9 @@ def test_owner_inodes_and_tracked(host):
         inodes = Counter(str(r["inode"]) for r in rows if r["state"] == state and r["inode"])
         assert result["_owner_inodes"][state] == dict(inodes)
     fw1 = [r for r in rows if r["state"] == "FIN_WAIT1"]
-    assert sorted(v[1] for v in result["_tracked"].values()) == sorted(r["sendq"] for r in fw1)
-    assert {v[0] for v in result["_tracked"].values()} == {"FIN_WAIT1"}
+    # the FIN_WAIT1 sockets' cookies, sorted, for the persistent_before of a later sample
+    assert len(result["_tracked"]) == len(fw1) == 4
+    assert result["_tracked"] == sorted(result["_tracked"])
 
 
 def test_iter_diag_equals_pyroute2(host):

@@ -168,3 +168,25 @@ def test_procfs_fallback_filters_like_the_kernel(leak_host):
         expected = ss_tuples(host, *ss_args)
         assert expected
         assert module_tuples(json.loads(proc.stdout)) == expected, params
+
+
+MULTIBYTE_NAME = "ab日本語のプロセス"  # 26 UTF-8 bytes: the kernel keeps 15, cut inside "プ"
+
+
+def test_comms_match_a_multibyte_name_the_kernel_cut(lab_available):
+    """Before the fix names were cut at 15 characters and compared as text: nothing matched."""
+    lab = Lab.create(hosts=1, ssh=False)
+    try:
+        host = lab.hosts[0]
+        leak = host.start_scenario("close_wait_leak", count=20, comm=MULTIBYTE_NAME).report
+        kernel_comm = bytes.fromhex(leak["kernel_comm_hex"])
+        assert kernel_comm == MULTIBYTE_NAME.encode()[:15]
+        by_pid = run_module(host, {"pids": [leak["pid"]], "limit": 1000})
+        assert by_pid["matched"] == leak["observed"]["CLOSE_WAIT"] + leak["observed"]["LISTEN"]
+        for given in (MULTIBYTE_NAME, kernel_comm.decode("utf-8", "replace")):
+            result = run_module(host, {"comms": [given], "limit": 1000})
+            assert module_tuples(result) == module_tuples(by_pid), given
+            owners = {(s["owner"]["pid"], s["owner"]["comm"]) for s in result["sockets"]}
+            assert owners == {(leak["pid"], kernel_comm.decode("utf-8", "replace"))}
+    finally:
+        lab.destroy()

@@ -143,7 +143,7 @@ def cmd_scenario_start(args):
     if lab.destroyed:
         raise LabError(f"lab {lab.run_id} in {args.state_dir} is destroyed")
     options = {}
-    for key in ("backlog", "rcvbuf", "sndbuf", "workers", "rate", "delay"):
+    for key in ("backlog", "rcvbuf", "sndbuf", "workers", "rate", "delay", "comm"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -216,6 +216,7 @@ def build_parser():
     start.add_argument("--workers", type=int)
     start.add_argument("--rate", type=int, help="churn kinds: connections per second")
     start.add_argument("--delay", type=float, help="churn kinds: seconds between ready and the first connection")
+    start.add_argument("--comm", help="the scenario process's name (any length; the kernel keeps 15 bytes)")
     start.set_defaults(func=cmd_scenario_start)
     stop = scsub.add_parser("stop", help="stop scenarios on a host")
     stop.add_argument("--state-dir", required=True)

@@ -327,7 +327,8 @@ class LabHost:
     def start_scenario(self, kind, count=None, *, port=None, hold=1800, timeout=None, pdeathsig=None, **options):
         """Start scenario ``kind`` in this host; returns once its states exist (Scenario with .pid, .report).
 
-        options: backlog (listen_overflow), rcvbuf/sndbuf (fin_wait1_zero_window), workers (mix).
+        options: backlog (listen_overflow), rcvbuf/sndbuf (fin_wait1_zero_window), workers (mix),
+        comm (any kind: the scenario's process name, str or raw bytes, set with prctl(PR_SET_NAME)).
         """
         if kind not in KINDS:
             raise ScenarioError(f"unknown scenario kind {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -364,10 +365,13 @@ class LabHost:
         if kind in ("syn_recv", "conntrack"):
             cmd += ["--nft", shutil.which("nft")]
         for key, value in sorted(options.items()):
+            if key == "comm":
+                # the process name as raw bytes (str: its UTF-8); argv carries any bytes but NUL
+                cmd += ["--comm", os.fsdecode(value)]
+                continue
             if key not in ("backlog", "rcvbuf", "sndbuf", "workers", "block", "rate", "delay"):
-                raise ScenarioError(
-                    f"unknown scenario option {key!r}; valid: backlog, rcvbuf, sndbuf, workers, block, rate, delay"
-                )
+                valid = "backlog, rcvbuf, sndbuf, workers, block, rate, delay, comm"
+                raise ScenarioError(f"unknown scenario option {key!r}; valid: {valid}")
             cmd += [f"--{key}", str(float(value) if key == "delay" else int(value))]
         if pdeathsig:
             cmd.append("--pdeathsig")

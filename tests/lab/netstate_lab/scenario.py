@@ -113,7 +113,15 @@ class ScenarioFailed(Exception):
 
 
 def set_comm(name):
-    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    """Set this thread's comm; bytes go to the kernel as they are (it keeps the first 15, even mid-character)."""
+    raw = name if isinstance(name, bytes) else name.encode()[:15]
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
+
+
+def read_comm():
+    """This process's comm as the kernel keeps it (bytes, without the newline)."""
+    with open("/proc/self/comm", "rb") as f:
+        return f.read().rstrip(b"\n")
 
 
 def set_pdeathsig(sig=signal.SIGTERM):
@@ -1026,6 +1034,7 @@ def parse_args(argv):
     p.add_argument("--pdeathsig", action="store_true")
     p.add_argument("--rate", type=int, default=100, help="churn: connections per second")
     p.add_argument("--delay", type=float, default=0.0, help="churn: seconds between ready and the first connection")
+    p.add_argument("--comm", help="process name instead of the kind's own (raw bytes of the argument, any length)")
     args = p.parse_args(argv)
     if args.count is None:
         args.count = DEFAULT_COUNTS[args.kind]
@@ -1042,7 +1051,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.pdeathsig:
         set_pdeathsig(signal.SIGTERM)
-    set_comm(COMMS[args.kind])
+    set_comm(os.fsencode(args.comm) if args.comm else COMMS[args.kind])
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     deadline = Deadline(args.timeout)
     started = time.monotonic()
@@ -1062,7 +1071,9 @@ def main(argv=None):
         {
             "kind": args.kind,
             "pid": os.getpid(),
-            "comm": COMMS[args.kind],
+            "comm": args.comm or COMMS[args.kind],
+            # what /proc/<pid>/comm holds: the first 15 bytes, cut possibly inside a character
+            "kernel_comm_hex": read_comm().hex(),
             "count": args.count,
             "client_block": f"127.{args.block}.0.0/16",
             "hold_seconds": args.hold,

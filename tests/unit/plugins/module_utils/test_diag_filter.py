@@ -180,3 +180,45 @@ def test_boolean_structure_and_or_not(tree, sock, auto):
     code = df.compile_filter(tree)
     df.audit_bytecode(code)
     assert df.run_bytecode(code, sock, autobound=auto) is _evaluate(tree, sock, auto)
+
+
+# ---- big filters: thousands of values, bounded by the kernel's attribute size ---------------
+def _v6(i):
+    return str(ipaddress.ip_network(f"2001:db8:{i:x}::/48"))
+
+
+def test_thousands_of_values_compile_without_recursion_and_audit():
+    """any_of() nests one level per value: 2000 ports used to raise RecursionError in the compiler."""
+    ports = list(range(1000, 5000, 2))
+    code = df.compile_filter(df.build_filter(local_ports=ports))
+    assert len(code) == 16 * len(ports) - 4  # hostcond 12 + JMP 4 each, no JMP after the last
+    df.audit_bytecode(code)
+    for port, expected in ((1000, True), (1001, False), (4998, True), (5000, False)):
+        sock = _entry(socket.AF_INET, "10.0.0.1", port, "10.0.0.2", 80)
+        assert df.run_bytecode(code, sock) is expected, port
+    nets = [str(ipaddress.ip_network(f"10.{i // 256}.{i % 256}.0/24")) for i in range(3000)]
+    code = df.compile_filter(df.build_filter(peer_addresses=nets))
+    df.audit_bytecode(code)
+    assert df.run_bytecode(code, _entry(socket.AF_INET, "1.1.1.1", 1, "10.11.183.9", 2)) is True
+    assert df.run_bytecode(code, _entry(socket.AF_INET, "1.1.1.1", 1, "10.12.0.9", 2)) is False
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"local_ports": list(range(1, 4200))},  # 16 bytes each: past 65531 bytes
+        {"peer_addresses": [_v6(i) for i in range(2100)]},  # 32 bytes each
+        {"local_ports": [f"{p}-{p + 1}" for p in range(1, 9000, 2)]},
+    ],
+)
+def test_a_program_past_the_kernel_limit_is_refused_clearly(params):
+    with pytest.raises(df.FilterError) as info:
+        df.compile_filter(df.build_filter(**params))
+    assert f"at most {df.MAX_BYTECODE} bytes of inet_diag bytecode" in str(info.value)
+
+
+def test_the_largest_program_that_fits_is_accepted():
+    count = (df.MAX_BYTECODE + 4) // 16  # 16 bytes per single port, the last without its JMP
+    code = df.compile_filter(df.build_filter(local_ports=list(range(1, count + 1))))
+    assert len(code) <= df.MAX_BYTECODE
+    df.audit_bytecode(code)

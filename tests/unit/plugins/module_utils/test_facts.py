@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_system, _diagnose, _facts
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils import _collect_system, _diagnose, _facts, _socket_aggregate
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -52,9 +52,17 @@ def load(*parts):
         return json.load(handle)
 
 
-def recorded_sockets(name):
+def recorded_sockets(name, before=None):
+    """A recorded collect_sockets() result; its per-socket ``_tracked`` record {cookie: [state, send_bytes]}
+    is replayed through the aggregator's own bookkeeping (against ``before``'s cookies when given)."""
     data = load("sockets", name)
-    data["_tracked"] = {int(cookie): tuple(value) for cookie, value in data["_tracked"].items()}
+    aggregator = _socket_aggregate.SocketAggregator(
+        track_states=_facts.PERSISTENT_STATES, persistent_before=before["_tracked"] if before else None
+    )
+    for cookie, (state, send_bytes) in data["_tracked"].items():
+        aggregator._special(STATES.index(state) + 1, 0, send_bytes, int(cookie))
+    replayed = aggregator.result()
+    data["_tracked"], data["_persistent"] = replayed["_tracked"], replayed["_persistent"]
     return data
 
 
@@ -68,12 +76,12 @@ def ss_counts():
     return counts
 
 
-def sample(name, at):
+def sample(name, at, before=None):
     system = _collect_system.collect_system(proc=os.path.join(FIXTURES, "proc", "netns_close_wait_leak"))
     return {
         "time": at,
         "collected_at": "2026-11-21T05:10:30Z",
-        "sockets": recorded_sockets(name),
+        "sockets": recorded_sockets(name, before["sockets"] if before else None),
         "system": system,
         "inode": 4026532999,
         "warnings": [],
@@ -197,7 +205,7 @@ def test_host_figures_are_nulled_outside_the_initial_block(options):
 
 def test_persistent_and_rates_from_two_samples(options):
     first = sample("close_wait_leak_1.json", 10.0)
-    last = sample("close_wait_leak_2.json", 11.5)
+    last = sample("close_wait_leak_2.json", 11.5, before=first)
     block = _facts.build_block(first, last, options)
     ss = ss_counts()
     # The leaked CLOSE_WAIT sockets were there in both dumps (same cookies).
@@ -209,9 +217,16 @@ def test_persistent_and_rates_from_two_samples(options):
 
 
 def test_persistent_sockets_needs_the_same_cookie_in_both():
-    before = {1: ("FIN_WAIT1", 100), 2: ("CLOSE_WAIT", 0)}
-    after = {1: ("FIN_WAIT1", 150), 3: ("CLOSE_WAIT", 0), 4: ("LAST_ACK", 7)}
-    assert _facts.persistent_sockets(before, after) == {
+    aggregator = _socket_aggregate.SocketAggregator(track_states=("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK"))
+    aggregator._special(STATES.index("FIN_WAIT1") + 1, 0, 100, 1)
+    aggregator._special(STATES.index("CLOSE_WAIT") + 1, 0, 0, 2)
+    before = aggregator.result()["_tracked"]
+    after = _socket_aggregate.SocketAggregator(
+        track_states=("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK"), persistent_before=before
+    )
+    for state, send_bytes, cookie in (("FIN_WAIT1", 150, 1), ("CLOSE_WAIT", 0, 3), ("LAST_ACK", 7, 4)):
+        after._special(STATES.index(state) + 1, 0, send_bytes, cookie)
+    assert after.result()["_persistent"] == {
         "FIN_WAIT1": {"count": 1, "send_bytes": 150},
         "CLOSE_WAIT": {"count": 0, "send_bytes": 0},
         "LAST_ACK": {"count": 0, "send_bytes": 0},
@@ -314,7 +329,7 @@ def check_contract(block):
 def test_assembled_block_follows_the_design_contract(options):
     options = dict(options, interval=1.5)
     first = sample("close_wait_leak_1.json", 10.0)
-    last = sample("close_wait_leak_2.json", 11.5)
+    last = sample("close_wait_leak_2.json", 11.5, before=first)
     block = _facts.build_block(first, last, options)
     check_contract(block)
     assert set(block["owners"]) == set(options["owners"])

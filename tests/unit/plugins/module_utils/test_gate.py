@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _gate
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import STATES
+from ansible_collections.netstate.tcp.plugins.module_utils import (
+    _diag_filter,
+    _diagnose,
+    _facts,
+    _gate,
+    _netlink,
+    _owners,
+)
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import CODES
+from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
 
@@ -59,11 +68,30 @@ def test_valid_spec_is_normalized():
     )
     assert result["max"] == {"CLOSE_WAIT": 100}
     assert result["ports"] == {8080: {"CLOSE_WAIT": 20}}
-    # /proc/<pid>/comm keeps 15 characters
-    assert result["processes"] == {"a-very-long-pro": {"LISTEN": 0}}
+    # kept as given: matching compares what the kernel keeps of it (its first 15 UTF-8 bytes)
+    assert result["processes"] == {"a-very-long-process-name": {"LISTEN": 0}}
     assert result["ratios"] == {"orphans": 0.5, "memory": 1.0}
     assert result["fail_on_codes"] == ["CLOSE_WAIT_LEAK"]
     assert (result["timeout"], result["poll_interval"]) == (30, 0.5)
+    assert result["peers"] is None and result["namespace"] is None
+
+
+def test_peer_options_make_one_filter_and_a_pid_names_its_namespace():
+    result = spec(
+        max={"established": 0},
+        peer_addresses=["10.0.0.0/8"],
+        exclude_peers=["10.0.5.0/24", "::ffff:10.0.6.0/120"],
+        namespace=str(os.getpid()),
+    )
+    assert result["namespace"] == {"name": str(os.getpid()), "path": f"/proc/{os.getpid()}/ns/net"}
+    code = _diag_filter.compile_filter(result["peers"])
+    _diag_filter.audit_bytecode(code)
+
+    def counted(peer):
+        sock = (socket.AF_INET, bytes(4), 80, socket.inet_aton(peer), 4000)
+        return _diag_filter.run_bytecode(code, sock)
+
+    assert [counted(p) for p in ("10.1.2.3", "10.0.5.9", "192.0.2.1")] == [True, False, False]
 
 
 VALID_STATES = "valid states (case-insensitive): " + ", ".join(STATES)
@@ -94,9 +122,34 @@ INVALID = [
         ["fail_on_codes: unknown finding code 'CLOSE_WAIT_LAKE'", ", ".join(CODES)],
     ),
     ({"fail_on_severity": "info"}, ["fail_on_severity: must be one of warning, critical, got 'info'"]),
-    ({"max": {"listen": 1}, "timeout": -5}, ["timeout: must be a number of seconds >= 0, got -5"]),
-    ({"max": {"listen": 1}, "poll_interval": 0}, ["poll_interval: must be a number of seconds > 0, got 0"]),
+    ({"max": {"listen": 1}, "timeout": -5}, ["timeout: must be a finite number of seconds from 0 to 86400, got -5"]),
+    ({"max": {"listen": 1}, "timeout": float("nan")}, ["timeout: must be a finite number of seconds", "got nan"]),
+    ({"max": {"listen": 1}, "timeout": float("inf")}, ["timeout: must be a finite number of seconds", "got inf"]),
+    ({"max": {"listen": 1}, "timeout": 1e308}, ["timeout: must be a finite number of seconds from 0 to 86400"]),
+    ({"max": {"listen": 1}, "timeout": 86400.5}, ["timeout: must be a finite number of seconds from 0 to 86400"]),
+    ({"max": {"listen": 1}, "timeout": "30"}, ["timeout: must be a finite number of seconds", "got '30'"]),
+    (
+        {"max": {"listen": 1}, "poll_interval": 0},
+        ["poll_interval: must be a finite number of seconds from 0.1 to 3600"],
+    ),
+    ({"max": {"listen": 1}, "poll_interval": 1e-9}, ["poll_interval: must be a finite number of seconds", "got 1e-09"]),
+    ({"max": {"listen": 1}, "poll_interval": float("nan")}, ["poll_interval: must be a finite number", "got nan"]),
+    ({"max": {"listen": 1}, "poll_interval": float("-inf")}, ["poll_interval: must be a finite number", "got -inf"]),
+    ({"max": {"listen": 1}, "poll_interval": 3601}, ["poll_interval: must be a finite number of seconds from 0.1"]),
     ({}, ["nothing to check"]),
+    (
+        {"max": {"listen": 1}, "exclude_peers": ["10.0.0.1/8"]},
+        ["exclude_peers: not an IPv4/IPv6 address or CIDR: '10.0.0.1/8'"],
+    ),
+    ({"max": {"listen": 1}, "peer_addresses": ["lb-1"]}, ["peer_addresses: not an IPv4/IPv6 address or CIDR: 'lb-1'"]),
+    ({"max": {"listen": 1}, "peer_addresses": "10.0.0.0/8"}, ["peer_addresses: must be a list of IPv4/IPv6"]),
+    (
+        {"max": {"listen": 1}, "exclude_peers": [f"2001:db8:{i:x}::/48" for i in range(2100)]},
+        ["exclude_peers, peer_addresses: filter too large", "at most 65531 bytes"],
+    ),
+    ({"max": {"listen": 1}, "namespace": "nsl-no-such-namespace"}, ["namespace: no network namespace named"]),
+    ({"max": {"listen": 1}, "namespace": "../../etc"}, ["namespace: no network namespace named '../../etc'"]),
+    ({"max": {"listen": 1}, "namespace": "4194305"}, ["namespace: no process with pid 4194305"]),
 ]
 
 
@@ -288,3 +341,111 @@ def test_run_gate_without_timeout_samples_once():
     sample = Sampler(itertools.repeat(leak[:2]))
     result = _gate.run_gate(spec(max={"close_wait": 0}), sample, clock, clock.sleep)
     assert (result["passed"], result["samples"], clock.sleeps, sample.kinds) == (False, 1, [], [True])
+
+
+def test_processes_match_a_multibyte_name_cut_by_the_kernel():
+    """The kernel keeps 15 bytes of comm, here cut inside a character: full and cut names both match."""
+    facts, breakdown, report = load("close_wait_leak")
+    name = "ab日本語のプロセス"  # 26 UTF-8 bytes; the 15th is the first byte of "プ"
+    kernel_comm = name.encode()[:15]
+    count = report["observed"]["CLOSE_WAIT"]
+    breakdown["comm"] = {pid: kernel_comm if pid == report["pid"] else comm for pid, comm in breakdown["comm"].items()}
+    for given in (name, kernel_comm.decode("utf-8", "replace"), "ab日本語の"):
+        result = _gate.evaluate(spec(processes={given: {"close_wait": count - 1}}), facts, breakdown)
+        (check,) = result["checks"]
+        expected = count if given != "ab日本語の" else 0  # 14 bytes: another name
+        assert (check["metric"], check["value"]) == (f"{given} CLOSE_WAIT", expected), given
+    result = _gate.evaluate(spec(processes={name: {"close_wait": 0}}), facts, breakdown)
+    assert result["offenders"][0]["processes"][0]["comm"] == "ab日本語の\ufffd"
+
+
+def test_controller_watch_sees_the_reader_go_away():
+    read_end, write_end = os.pipe()
+    try:
+        watch = _gate.ControllerWatch(fds=(write_end,))
+        assert watch.gone() is False
+        assert watch.sleep(0.05) is False
+        os.close(read_end)  # the controller's end of the module's stdout closes
+        assert watch.gone() is True
+        assert watch.sleep(30) is True  # returns at once
+    finally:
+        os.close(write_end)
+
+
+def test_run_gate_stops_polling_when_the_controller_is_gone():
+    leak = load("close_wait_leak")
+    clock = FakeClock()
+    sample = Sampler(itertools.repeat(leak[:2]))
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        return len(sleeps) == 2  # gone during the second wait
+
+    result = _gate.run_gate(spec(max={"close_wait": 0}, timeout=600, poll_interval=1), sample, clock, sleep)
+    assert (result["controller_gone"], result["samples"], result["passed"]) == (True, 2, False)
+
+
+# ---- one sample: one dump, at most one /proc walk (real loopback sockets of this test) -------
+@pytest.fixture
+def established_pairs():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    servers = [listener.accept()[0] for _ in clients]
+    yield listener.getsockname()[1]
+    for sock in clients + servers + [listener]:
+        sock.close()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """How many sock_diag dumps (per family) and /proc/<pid>/fd passes the code under test makes."""
+    calls = {"dumps": [], "walks": 0}
+    real_dump, real_scan = _netlink.dump, _owners.scan_socket_fds
+
+    def dump(family, *args, **kwargs):
+        calls["dumps"].append(_netlink.family_name(family))
+        return real_dump(family, *args, **kwargs)
+
+    def scan(*args, **kwargs):
+        calls["walks"] += 1
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(_netlink, "dump", dump)
+    monkeypatch.setattr(_owners, "scan_socket_fds", scan)
+    return calls
+
+
+def _rediagnose(facts):
+    return _diagnose.diagnose(facts, _diagnose.validate_thresholds({}))
+
+
+@pytest.mark.parametrize("detailed", [False, True])
+def test_a_sample_with_facts_and_counts_is_one_dump_and_one_walk(established_pairs, kernel_calls, detailed):
+    port = established_pairs
+    own = _owners.read_comm(os.getpid())
+    gate = spec(
+        max={"established": 0},
+        ports={port: {"established": 0}},
+        processes={own: {"established": 0}},
+        ratios={"time_wait": 1},
+        fail_on_codes=["CLOSE_WAIT_LEAK"],
+    )
+    facts, breakdown = _gate.sample_host(gate, _facts.collect_facts, detailed, rediagnose=_rediagnose)
+    assert sorted(kernel_calls["dumps"]) == ["ipv4", "ipv6"]  # one dump of each family, shared
+    assert kernel_calls["walks"] == 1
+    result = _gate.evaluate(gate, facts, breakdown)
+    values = {c["metric"]: c["value"] for c in result["checks"]}
+    assert values[f":{port} ESTABLISHED"] == 3  # the accepted ends; the clients are on ephemeral ports
+    assert values[f"{own} ESTABLISHED"] >= 6  # this process holds all six
+    if detailed:
+        assert breakdown["states"]["ESTABLISHED"]["total"] == facts["states"]["ESTABLISHED"]
+
+
+def test_a_count_only_sample_dumps_the_gated_states_once(established_pairs, kernel_calls):
+    port = established_pairs
+    _facts_dict, breakdown = _gate.sample_host(spec(ports={port: {"established": 1}}), None, detailed=False)
+    assert sorted(kernel_calls["dumps"]) == ["ipv4", "ipv6"] and kernel_calls["walks"] == 0
+    assert breakdown["states"]["ESTABLISHED"]["ports"] == {port: 3}  # the kernel filtered the other ports

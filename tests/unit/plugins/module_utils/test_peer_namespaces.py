@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _peer_namespaces as pn
-from ansible_collections.netstate.tcp.plugins.module_utils._collect_sockets import read_local_addresses
+from ansible_collections.netstate.tcp.plugins.module_utils._socket_aggregate import read_local_addresses
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "peer_namespaces")
 with open(os.path.join(FIXTURES, "meta.json"), encoding="utf-8") as _fh:

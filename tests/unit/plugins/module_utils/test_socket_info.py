@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
 from ansible_collections.netstate.tcp.plugins.module_utils import _socket_info as si
 
 SENT = (300, 100, 200)
@@ -86,7 +86,7 @@ def test_procfs_fallback_when_netlink_is_refused(loopback_pairs):
 
     def refused(*_args):
         yield from ()  # a generator, like iter_diag: the refusal comes on the first record
-        raise cs.DiagUnavailable("netlink sock_diag request refused: [Errno 13] Permission denied")
+        raise nl.DiagUnavailable("netlink sock_diag request refused: [Errno 13] Permission denied")
 
     fallback = si.query(options, dump=refused)
     netlink = si.query(options)

@@ -46,7 +46,12 @@ def test_documentation_matches_argument_spec():
         ({"ratios": {"sockets": 0.5}}, "valid ratios: orphans, memory, time_wait, ephemeral_ports"),
         ({"fail_on_codes": ["NOPE"]}, "fail_on_codes: unknown finding code 'NOPE'; valid codes: CLOSE_WAIT_LEAK"),
         ({"fail_on_severity": "fatal"}, "fail_on_severity must be one of: warning, critical"),
-        ({"max": {"listen": 1}, "timeout": -1}, "timeout: must be a number of seconds >= 0"),
+        ({"max": {"listen": 1}, "timeout": -1}, "timeout: must be a finite number of seconds from 0 to 86400"),
+        ({"max": {"listen": 1}, "timeout": "nan"}, "timeout: must be a finite number of seconds from 0 to 86400"),
+        ({"max": {"listen": 1}, "timeout": "inf"}, "timeout: must be a finite number of seconds from 0 to 86400"),
+        ({"max": {"listen": 1}, "timeout": 1e308}, "timeout: must be a finite number of seconds from 0 to 86400"),
+        ({"max": {"listen": 1}, "poll_interval": "nan"}, "poll_interval: must be a finite number of seconds from 0.1"),
+        ({"max": {"listen": 1}, "poll_interval": 1e-9}, "poll_interval: must be a finite number of seconds from 0.1"),
         ({}, "nothing to check"),
     ],
 )

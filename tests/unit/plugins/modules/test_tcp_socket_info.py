@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -65,3 +68,31 @@ def test_limit_zero_counts_only():
     result = run_module(tcp_socket_info, {"states": ["listen"], "limit": 0})
     assert result["sockets"] == [] and result["matched"] == len(_ss_listeners())
     assert result["truncated"] is (result["matched"] > 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"local_ports": list(range(1, 5001))}, "local_ports: filter too large: the kernel takes at most 65531 bytes"),
+        (
+            {"peer_addresses": [f"10.{i // 256}.{i % 256}.0/24" for i in range(4000)], "peer_ports": [80]},
+            "peer_ports, peer_addresses: filter too large",
+        ),
+    ],
+)
+def test_huge_filters_fail_naming_the_options_and_the_limit(args, fragment, tmp_path):
+    # too long for one argv entry: Ansible reads the arguments from a file, as it does over SSH
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", tcp_socket_info.__name__, str(args_file)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        check=False,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["failed"] is True
+    assert fragment in result["msg"]

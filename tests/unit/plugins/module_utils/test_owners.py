@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_collect_owners on a /proc tree recorded while the lab's close_wait_leak scenario ran.
+"""_owners on a /proc tree recorded while the lab's close_wait_leak scenario ran.
 
 The expected owner is the scenario's own report (fixtures/reports/close_wait_leak.json),
 the inodes come from collect_sockets' dump of the same namespace (fixtures/sockets).
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_owners as co
+from ansible_collections.netstate.tcp.plugins.module_utils import _owners as co
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 RECORDED = os.path.join(FIXTURES, "proc", "netns_close_wait_leak")
@@ -177,3 +177,51 @@ def test_odd_fd_links_are_skipped(tmp_path):
     for fd, link in enumerate(("socket:[]", "socket:[12x]", "pipe:[5]", "anon_inode:[eventpoll]", "socket:[42]")):
         os.symlink(link, fd_dir / str(fd))
     assert co.scan_socket_fds({42, 5}, proc=str(tmp_path)) == {7: [42]}
+
+
+# ---- process names: the kernel keeps 15 bytes, not 15 characters ----------------------------
+# 10 characters, 26 UTF-8 bytes: the kernel's 15 bytes end after the first byte of "プ"
+MULTIBYTE = "ab日本語のプロセス"
+
+
+def test_comm_key_cuts_at_15_bytes_inside_a_character():
+    key = co.comm_key(MULTIBYTE)
+    assert key == MULTIBYTE.encode()[:15] and len(key) == 15
+    assert co.comm_key(key) == key  # what the kernel shows matches itself
+    assert co.comm_key("données-collecteur") == "données-collecteur".encode()[:15]
+    assert co.display_comm(key) == "ab日本語の\ufffd"
+
+
+def _proc_with_comm(tmp_path, pid, raw):
+    (tmp_path / str(pid)).mkdir()
+    (tmp_path / str(pid) / "comm").write_bytes(raw + b"\n")
+
+
+def test_comm_is_read_as_bytes_and_matched_like_the_kernel(tmp_path):
+    kernel_cut = MULTIBYTE.encode()[:15]
+    _proc_with_comm(tmp_path, 10, kernel_cut)
+    _proc_with_comm(tmp_path, 11, b"nginx")
+    _proc_with_comm(tmp_path, 12, b"bad\xff\xfename")
+    (tmp_path / "self").mkdir()
+    proc = str(tmp_path)
+    assert co.read_comm_bytes(10, proc) == kernel_cut
+    assert co.read_comm(10, proc) == co.display_comm(kernel_cut)
+    assert co.read_comm(12, proc) == "bad\ufffd\ufffdname"
+    assert co.read_comm_bytes(99, proc) is None
+    # the full name and the kernel's cut name both find the process
+    assert co.pids_by_comm([MULTIBYTE], proc) == {10: kernel_cut}
+    # as the output shows it (U+FFFD for the cut character) it matches too; 14 bytes are another name
+    assert co.pids_by_comm([co.display_comm(kernel_cut)], proc) == {10: kernel_cut}
+    assert co.pids_by_comm([co.display_comm(kernel_cut).rstrip("\ufffd")], proc) == {}
+    assert co.pids_by_comm(["nginx", "bad\ufffd\ufffdname"], proc) == {11: b"nginx", 12: b"bad\xff\xfename"}
+    assert co.process_info(10, proc)["comm"] == co.display_comm(kernel_cut)
+
+
+def test_scan_of_chosen_pids_lists_every_socket(tmp_path):
+    for pid, links in ((7, ("socket:[42]", "pipe:[5]", "socket:[43]")), (8, ("socket:[44]",))):
+        fd_dir = tmp_path / str(pid) / "fd"
+        fd_dir.mkdir(parents=True)
+        for fd, link in enumerate(links):
+            os.symlink(link, fd_dir / str(fd))
+    held = co.scan_socket_fds(co.ALL_SOCKETS, proc=str(tmp_path), pids=[7, 99])
+    assert {pid: sorted(inodes) for pid, inodes in held.items()} == {7: [42, 43]}

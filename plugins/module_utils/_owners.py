@@ -1,11 +1,21 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Which processes hold given sockets: one pass over /proc/<pid>/fd (stdlib only).
+"""The owners layer: who holds a socket, and who a process is (stdlib only).
+
+The one /proc/<pid>/fd scanner (scan_socket_fds) and the one process-identity
+reader (read_comm_bytes, process_info: comm, cmdline, user, cgroup, container)
+of the collection; tcp_state_facts, tcp_socket_info and tcp_gate all use them.
 
 A socket fd reads back as the link `socket:[<inode>]`; the inodes come from the
 sock_diag dump, so only the wanted inodes are matched, and the pass is skipped
 entirely when there are none.
+
+Process names: the kernel keeps comm in TASK_COMM_LEN (16) bytes with the NUL,
+so /proc/<pid>/comm holds at most 15 BYTES, cut possibly inside a multi-byte
+character.  Names are therefore compared as bytes (comm_key: the first 15 bytes
+of the UTF-8 encoding, as prctl(PR_SET_NAME) and exec cut them) and decoded
+only for display, with invalid bytes replaced.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import re
 
 PROC = "/proc"
 CMDLINE_MAX = 200
+COMM_BYTES = 15  # TASK_COMM_LEN (16) minus the NUL: the kernel cuts comm at 15 bytes, not characters
 
 # Container runtimes put the container id in the cgroup path.
 _CONTAINER_SCOPE = re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope")
@@ -92,16 +103,70 @@ def user_name(uid):
     return _USER_NAMES[uid]
 
 
+def comm_key(name):
+    """The bytes the kernel keeps of a process name: its first 15 UTF-8 bytes (str in, bytes out)."""
+    raw = name if isinstance(name, bytes) else str(name).encode("utf-8", "surrogateescape")
+    return raw[:COMM_BYTES]
+
+
+def display_comm(raw):
+    """comm bytes as text for output; a character cut by the kernel shows as U+FFFD (text passes as is)."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    return raw.decode("utf-8", "replace")
+
+
+def read_comm_bytes(pid, proc=PROC):
+    """/proc/<pid>/comm as bytes without its trailing newline; None when the process is gone."""
+    raw = _read(os.path.join(proc, str(pid), "comm"), "rb")
+    if raw is None:
+        return None
+    # the kernel appends one newline; a name set with prctl may itself end in one
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def read_comm(pid, proc=PROC):
+    """/proc/<pid>/comm for display (see display_comm), None when the process is gone."""
+    return display_comm(read_comm_bytes(pid, proc))
+
+
+def comm_matches(name, comm):
+    """Whether a process named `name` (as a user gives it) has the comm `comm` (bytes as the kernel keeps them).
+
+    True when comm is the first 15 UTF-8 bytes of name (the full name or the
+    kernel's cut), or when name is comm as this module displays it (with U+FFFD
+    where the kernel cut a character), so a name copied from the output matches.
+    """
+    if comm is None:
+        return False
+    comm = comm_key(comm)
+    return comm == comm_key(name) or ("\ufffd" in name and display_comm(comm) == name)
+
+
+def pids_by_comm(names, proc=PROC):
+    """{pid: comm bytes} of the processes whose comm matches one of `names` (comm_matches)."""
+    names = list(names)
+    found = {}
+    if not names:
+        return found
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            raw = read_comm_bytes(entry, proc)
+            if any(comm_matches(name, raw) for name in names):
+                found[int(entry)] = raw
+    return found
+
+
 def process_info(pid, proc=PROC, cmdline_max=CMDLINE_MAX):
     """pid, comm, cmdline, user, cgroup and container of one process."""
     base = os.path.join(proc, str(pid))
-    comm = _read(os.path.join(base, "comm"))
+    comm = read_comm(pid, proc)
     raw = _read(os.path.join(base, "cmdline"), "rb")
     cgroup = parse_cgroup(_read(os.path.join(base, "cgroup")))
     uid = parse_status_uid(_read(os.path.join(base, "status")))
     return {
         "pid": pid,
-        "comm": comm.rstrip("\n") if comm is not None else None,
+        "comm": comm,
         "cmdline": parse_cmdline(raw, cmdline_max) if raw is not None else None,
         "user": user_name(uid),
         "cgroup": cgroup,
@@ -109,9 +174,56 @@ def process_info(pid, proc=PROC, cmdline_max=CMDLINE_MAX):
     }
 
 
-def scan_socket_fds(wanted, proc=PROC, warnings=None):
+class _AllInodes:
+    """`wanted` that holds every socket inode (owner filters list all sockets of chosen processes)."""
+
+    def __contains__(self, inode):
+        return True
+
+
+ALL_SOCKETS = _AllInodes()
+
+
+def _socket_inodes(dir_fd, wanted):
+    """Inodes in `wanted` among the socket fds of one open /proc/<pid>/fd directory."""
+    found = []
+    readlink = os.readlink
+    for name in os.listdir(dir_fd):
+        try:
+            link = readlink(name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        # socket:[12345]
+        if link.startswith("socket:[") and link[8:-1].isdigit():
+            inode = int(link[8:-1])
+            if inode in wanted:
+                found.append(inode)
+    return found
+
+
+def _process_socket_inodes(proc, pid, wanted):
+    """(inodes, denied) for one process; ([], False) when it exited meanwhile."""
+    # Links read relative to the open fd/ directory: the kernel does not walk
+    # /proc/<pid>/fd again for every fd (about a third faster at 10k fds).
+    try:
+        dir_fd = os.open(os.path.join(proc, str(pid), "fd"), os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        return [], True
+    except OSError:
+        return [], False  # the process exited meanwhile
+    try:
+        return _socket_inodes(dir_fd, wanted), False
+    except OSError:
+        return [], False
+    finally:
+        os.close(dir_fd)
+
+
+def scan_socket_fds(wanted, proc=PROC, warnings=None, pids=None):
     """One pass over /proc/*/fd: {pid: [inode, ...]} for the inodes in `wanted`.
 
+    wanted: a set of socket inodes, or ALL_SOCKETS for every socket fd.
+    pids: only these processes (default: every process).
     Processes whose fds cannot be listed (another user's, without root) are
     counted in one warning; processes that exit during the pass are skipped.
     """
@@ -119,38 +231,14 @@ def scan_socket_fds(wanted, proc=PROC, warnings=None):
     held = {}
     if not wanted:
         return held
+    if pids is None:
+        pids = (int(entry) for entry in os.listdir(proc) if entry.isdigit())
     denied = 0
-    readlink = os.readlink
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        # Links read relative to the open fd/ directory: the kernel does not walk
-        # /proc/<pid>/fd again for every fd (about a third faster at 10k fds).
-        try:
-            dir_fd = os.open(os.path.join(proc, entry, "fd"), os.O_RDONLY | os.O_DIRECTORY)
-        except PermissionError:
-            denied += 1
-            continue
-        except OSError:
-            continue  # the process exited meanwhile
-        found = []
-        try:
-            for name in os.listdir(dir_fd):
-                try:
-                    link = readlink(name, dir_fd=dir_fd)
-                except OSError:
-                    continue
-                # socket:[12345]
-                if link.startswith("socket:[") and link[8:-1].isdigit():
-                    inode = int(link[8:-1])
-                    if inode in wanted:
-                        found.append(inode)
-        except OSError:
-            continue
-        finally:
-            os.close(dir_fd)
+    for pid in pids:
+        found, refused = _process_socket_inodes(proc, pid, wanted)
+        denied += refused
         if found:
-            held[int(entry)] = found
+            held[pid] = found
     if denied:
         warnings.append(
             f"owners: could not read /proc/<pid>/fd of {denied} processes (permission denied); "

@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""_collect_sockets on netlink byte streams and /proc/net/tcp text recorded from lab namespaces.
+"""_socket_aggregate (the facts aggregator) on netlink byte streams and /proc/net/tcp text recorded from lab namespaces.
 
 Every expectation comes from the ``ss -tanoe`` output recorded at the same moment
 (fixtures/collect_sockets/*/ss.txt, see the README there), never from hard-coded numbers.
@@ -17,7 +17,8 @@ from collections import Counter
 import pytest
 from collect_sockets_fixtures import NAMES, meta, read_chunks, read_text, ss_rows
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 
 FAMILY_OF = {4: "ipv4", 16: "ipv6"}
 
@@ -26,18 +27,18 @@ def decoded(name):
     """All records of both recorded dumps with their address text, via decode_diag_stream."""
     rows = []
     for family in ("ipv4", "ipv6"):
-        af = cs.FAMILIES[family]
-        for rec in cs.decode_diag_stream(read_chunks(name, family), family):
+        af = nl.FAMILIES[family]
+        for rec in nl.decode_diag_stream(read_chunks(name, family), family):
             rows.append(
                 {
-                    "state": cs.STATES[rec[cs.R_STATE] - 1],
-                    "recvq": rec[cs.R_RQUEUE],
-                    "sendq": rec[cs.R_WQUEUE],
-                    "local": (socket.inet_ntop(af, rec[cs.R_SRC]), rec[cs.R_SPORT]),
-                    "peer": (socket.inet_ntop(af, rec[cs.R_DST]), rec[cs.R_DPORT]),
-                    "timer": rec[cs.R_TIMER],
-                    "inode": rec[cs.R_INODE],
-                    "cookie": rec[cs.R_COOKIE],
+                    "state": nl.STATES[rec[nl.R_STATE] - 1],
+                    "recvq": rec[nl.R_RQUEUE],
+                    "sendq": rec[nl.R_WQUEUE],
+                    "local": (socket.inet_ntop(af, rec[nl.R_SRC]), rec[nl.R_SPORT]),
+                    "peer": (socket.inet_ntop(af, rec[nl.R_DST]), rec[nl.R_DPORT]),
+                    "timer": rec[nl.R_TIMER],
+                    "inode": rec[nl.R_INODE],
+                    "cookie": rec[nl.R_COOKIE],
                 }
             )
     return rows
@@ -86,12 +87,12 @@ def test_records_equal_ss(name):
 def test_state_counts_equal_ss(name):
     result = aggregate(name)
     expected = Counter(row["state"] for row in ss_rows(name))
-    assert set(result["states"]) == set(cs.STATES)
-    assert result["states"] == {state: expected.get(state, 0) for state in cs.STATES}
+    assert set(result["states"]) == set(nl.STATES)
+    assert result["states"] == {state: expected.get(state, 0) for state in nl.STATES}
     assert result["total"] == len(ss_rows(name))
     by_family = Counter((FAMILY_OF[len(socket.inet_pton(*_af(r["local"][0])))], r["state"]) for r in ss_rows(name))
     for family in ("ipv4", "ipv6"):
-        assert result["families"][family] == {s: by_family.get((family, s), 0) for s in cs.STATES}
+        assert result["families"][family] == {s: by_family.get((family, s), 0) for s in nl.STATES}
 
 
 def _af(text):
@@ -103,7 +104,7 @@ def test_queues_and_timers_equal_ss(name):
     result = aggregate(name)
     rows = ss_rows(name)
     assert "LISTEN" not in result["queues"]
-    for state in cs.STATES:
+    for state in nl.STATES:
         mine = [r for r in rows if r["state"] == state]
         if state != "LISTEN":
             assert result["queues"][state] == {
@@ -193,6 +194,35 @@ def test_top_equal_ss(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_top_by_peer_endpoint_equal_ss(name):
+    """Busiest peer address:port per state among outgoing sockets (on a local port nothing listens on)."""
+    top = 3
+    result = aggregate(name, top=top)
+    rows = ss_rows(name)
+    listening = {r["local"][1] for r in rows if r["state"] == "LISTEN"}
+    outgoing = [r for r in rows if r["state"] != "LISTEN" and r["local"][1] not in listening]
+    local = set(meta(name)["local_addresses"])
+    assert set(result["top"]["by_peer_endpoint"]) == {r["state"] for r in rows if r["state"] != "LISTEN"}
+    for state, got in result["top"]["by_peer_endpoint"].items():
+        expected = Counter(r["peer"] for r in outgoing if r["state"] == state)
+        assert len(got) == min(top, len(expected))
+        counts = [e["count"] for e in got]
+        assert counts == sorted(counts, reverse=True)
+        for entry in got:
+            assert entry["count"] == expected[(entry["address"], entry["port"])]
+            assert entry["scope"] == cs.address_scope(entry["address"], local)
+        left_out = [c for k, c in expected.items() if k not in {(e["address"], e["port"]) for e in got}]
+        assert all(c <= counts[-1] for c in left_out)
+
+
+def test_time_wait_churn_names_the_service_it_hammers():
+    result = aggregate("time_wait_churn")
+    server = next(r for r in ss_rows("time_wait_churn") if r["state"] == "LISTEN")
+    busiest = result["top"]["by_peer_endpoint"]["TIME_WAIT"][0]
+    assert (busiest["port"], busiest["count"]) == (server["local"][1], meta("time_wait_churn")["scenario"]["count"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_busiest_tuple_equal_ss(name):
     result = aggregate(name)
     rows = ss_rows(name)
@@ -218,10 +248,33 @@ def test_owner_inodes_and_tracked_equal_ss(name):
     for state in ("CLOSE_WAIT", "LISTEN"):
         expected = Counter(r["inode"] for r in rows if r["state"] == state and r["inode"])
         assert result["_owner_inodes"][state] == dict(expected)
-    expected_tracked = {
-        r["cookie"]: (r["state"], r["sendq"]) for r in rows if r["state"] in ("FIN_WAIT1", "CLOSE_WAIT")
-    }
-    assert result["_tracked"] == expected_tracked
+    tracked = [r for r in rows if r["state"] in ("FIN_WAIT1", "CLOSE_WAIT")]
+    assert list(result["_tracked"]) == sorted(r["cookie"] for r in tracked)
+    assert result["_persistent"] is None  # no earlier sample to compare with
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_persistent_sockets_are_those_with_a_cookie_of_the_earlier_sample(name):
+    """The same dump twice: every tracked socket persists; against another scenario's cookies, none."""
+    tracked = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
+    first = aggregate(name, track_states=tracked)
+    again = aggregate(name, track_states=tracked, persistent_before=first["_tracked"])
+    rows = ss_rows(name)
+    for state in tracked:
+        mine = [r for r in rows if r["state"] == state]
+        assert again["_persistent"][state] == {"count": len(mine), "send_bytes": sum(r["sendq"] for r in mine)}
+    other = aggregate("established" if name != "established" else "time_wait_churn", track_states=tracked)
+    elsewhere = aggregate(name, track_states=tracked, persistent_before=other["_tracked"])
+    assert elsewhere["_persistent"] == {state: {"count": 0, "send_bytes": 0} for state in tracked}
+
+
+def test_persistent_sockets_from_procfs_are_matched_by_four_tuple():
+    tracked = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
+    first = aggregate_procfs("fin_wait1_zero_window", track_states=tracked)
+    again = aggregate_procfs("fin_wait1_zero_window", track_states=tracked, persistent_before=first["_tracked"])
+    rows = [r for r in ss_rows("fin_wait1_zero_window") if r["state"] == "FIN_WAIT1"]
+    assert again["_persistent"]["FIN_WAIT1"] == {"count": len(rows), "send_bytes": sum(r["sendq"] for r in rows)}
+    assert len(rows) > 0
 
 
 def test_close_wait_leak_has_owner_inodes():
@@ -269,69 +322,69 @@ def test_ipv6_mapped_addresses():
 
 def test_parse_attrs_inet_diag_info():
     """With INET_DIAG_INFO requested each full socket carries a tcp_info whose first byte is its state."""
-    records = list(cs.decode_diag_stream(read_chunks("established", "ipv4_info"), "ipv4", with_attrs=True))
+    records = list(nl.decode_diag_stream(read_chunks("established", "ipv4_info"), "ipv4", with_attrs=True))
     assert len(records) == sum(1 for r in ss_rows("established") if ":" not in r["local"][0])
     for rec in records:
-        attrs = cs.parse_attrs(rec[cs.R_ATTRS])
-        info = attrs[cs.INET_DIAG_INFO]
+        attrs = nl.parse_attrs(rec[nl.R_ATTRS])
+        info = attrs[nl.INET_DIAG_INFO]
         assert len(info) >= 104  # struct tcp_info up to tcpi_total_retrans
-        assert info[0] == rec[cs.R_STATE]
-    plain = list(cs.decode_diag_stream(read_chunks("established", "ipv4"), "ipv4"))
-    assert all(rec[cs.R_ATTRS] is None for rec in plain)
-    assert cs.parse_attrs(None) == {}
+        assert info[0] == rec[nl.R_STATE]
+    plain = list(nl.decode_diag_stream(read_chunks("established", "ipv4"), "ipv4"))
+    assert all(rec[nl.R_ATTRS] is None for rec in plain)
+    assert nl.parse_attrs(None) == {}
 
 
 # ---------------------------------------------------------------------------
 # end of dump, errors, truncation (messages built with the kernel's layouts)
 
 
-def nlmsg(typ, payload=b"", flags=cs.NLM_F_MULTI, seq=1):
+def nlmsg(typ, payload=b"", flags=nl.NLM_F_MULTI, seq=1):
     return struct.pack("=IHHII", 16 + len(payload), typ, flags, seq, 0) + payload
 
 
 def test_error_message_enoent_is_unavailable():
-    chunk = nlmsg(cs.NLMSG_ERROR, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
-    with pytest.raises(cs.DiagUnavailable):
-        list(cs.decode_diag_stream([chunk], "ipv4"))
-    with pytest.raises(cs.DiagUnavailable):
+    chunk = nlmsg(nl.NLMSG_ERROR, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
+    with pytest.raises(nl.DiagUnavailable):
+        list(nl.decode_diag_stream([chunk], "ipv4"))
+    with pytest.raises(nl.DiagUnavailable):
         cs.SocketAggregator().feed_netlink("ipv4", [chunk])
 
 
 def test_error_message_einval_is_error():
-    chunk = nlmsg(cs.NLMSG_ERROR, struct.pack("=i", -errno.EINVAL) + b"\0" * 16)
-    with pytest.raises(cs.DiagError, match="Invalid argument"):
-        list(cs.decode_diag_stream([chunk], "ipv6"))
+    chunk = nlmsg(nl.NLMSG_ERROR, struct.pack("=i", -errno.EINVAL) + b"\0" * 16)
+    with pytest.raises(nl.DiagError, match="Invalid argument"):
+        list(nl.decode_diag_stream([chunk], "ipv6"))
 
 
 def test_done_with_error_code():
-    with pytest.raises(cs.DiagError):
-        list(cs.decode_diag_stream([nlmsg(cs.NLMSG_DONE, struct.pack("=i", -errno.ENOBUFS))], "ipv4"))
-    assert list(cs.decode_diag_stream([nlmsg(cs.NLMSG_DONE, struct.pack("=i", 0))], "ipv4")) == []
+    with pytest.raises(nl.DiagError):
+        list(nl.decode_diag_stream([nlmsg(nl.NLMSG_DONE, struct.pack("=i", -errno.ENOBUFS))], "ipv4"))
+    assert list(nl.decode_diag_stream([nlmsg(nl.NLMSG_DONE, struct.pack("=i", 0))], "ipv4")) == []
 
 
 def test_stream_without_done_is_error():
     chunks = read_chunks("close_wait_leak", "ipv4")
     assert len(chunks) >= 1
-    with pytest.raises(cs.DiagError, match="without NLMSG_DONE"):
-        list(cs.decode_diag_stream([*chunks[:-1], chunks[-1][:-20]], "ipv4"))
+    with pytest.raises(nl.DiagError, match="without NLMSG_DONE"):
+        list(nl.decode_diag_stream([*chunks[:-1], chunks[-1][:-20]], "ipv4"))
 
 
 def test_truncated_last_message_is_error():
     chunks = read_chunks("time_wait_churn", "ipv4")
     assert len(chunks) > 1, "a multi-part dump"
     cut = chunks[0][: len(chunks[0]) - 40]
-    with pytest.raises(cs.DiagError, match="does not fit"):
-        list(cs.decode_diag_stream([cut, *chunks[1:]], "ipv4"))
-    with pytest.raises(cs.DiagError, match="does not fit"):
+    with pytest.raises(nl.DiagError, match="does not fit"):
+        list(nl.decode_diag_stream([cut, *chunks[1:]], "ipv4"))
+    with pytest.raises(nl.DiagError, match="does not fit"):
         cs.SocketAggregator().feed_netlink("ipv4", [cut, *chunks[1:]])
 
 
 def test_short_diag_message_is_skipped_with_warning():
     chunks = read_chunks("established", "ipv4")
-    short = nlmsg(cs.SOCK_DIAG_BY_FAMILY, b"\0" * 20)
+    short = nlmsg(nl.SOCK_DIAG_BY_FAMILY, b"\0" * 20)
     warnings = []
-    records = list(cs.decode_diag_stream([short, *chunks], "ipv4", warnings=warnings))
-    assert len(records) == len(list(cs.decode_diag_stream(chunks, "ipv4")))
+    records = list(nl.decode_diag_stream([short, *chunks], "ipv4", warnings=warnings))
+    assert len(records) == len(list(nl.decode_diag_stream(chunks, "ipv4")))
     assert warnings and "skipped" in warnings[0]
     agg = cs.SocketAggregator()
     agg.feed_netlink("ipv4", [short, *chunks])
@@ -341,7 +394,7 @@ def test_short_diag_message_is_skipped_with_warning():
 def test_multipart_dump_spans_datagrams():
     chunks = read_chunks("time_wait_churn", "ipv4")
     assert len(chunks) > 1
-    total = sum(1 for _record in cs.decode_diag_stream(chunks, "ipv4"))
+    total = sum(1 for _record in nl.decode_diag_stream(chunks, "ipv4"))
     assert total == sum(1 for r in ss_rows("time_wait_churn") if ":" not in r["local"][0])
 
 
@@ -350,23 +403,23 @@ def test_multipart_dump_spans_datagrams():
 
 
 def test_state_mask():
-    assert cs.state_mask(None) == cs.ALL_STATES_MASK == sum(1 << n for n in range(1, 13))
-    assert cs.state_mask(["LISTEN"]) == 1 << 10
-    assert cs.state_mask("fin-wait1") == 1 << 4
-    assert cs.state_mask(["SYN_RECV"]) == (1 << 3) | (1 << 12)
+    assert nl.state_mask(None) == nl.ALL_STATES_MASK == sum(1 << n for n in range(1, 13))
+    assert nl.state_mask(["LISTEN"]) == 1 << 10
+    assert nl.state_mask("fin-wait1") == 1 << 4
+    assert nl.state_mask(["SYN_RECV"]) == (1 << 3) | (1 << 12)
     with pytest.raises(ValueError, match="valid states: ESTABLISHED"):
-        cs.state_mask(["NOPE"])
+        nl.state_mask(["NOPE"])
 
 
 def test_build_request_layout():
-    req = cs.build_request("ipv6", cs.state_mask(["LISTEN"]), 2, b"\1\2\3\4\5")
+    req = nl.build_request("ipv6", nl.state_mask(["LISTEN"]), 2, b"\1\2\3\4\5")
     length, typ, flags, _seq, _pid = struct.unpack_from("=IHHII", req)
-    assert (length, typ, flags) == (len(req), cs.SOCK_DIAG_BY_FAMILY, cs.NLM_F_REQUEST | cs.NLM_F_DUMP)
+    assert (length, typ, flags) == (len(req), nl.SOCK_DIAG_BY_FAMILY, nl.NLM_F_REQUEST | nl.NLM_F_DUMP)
     family, proto, ext, _pad, states = struct.unpack_from("=BBBBI", req, 16)
     assert (family, proto, ext, states) == (socket.AF_INET6, socket.IPPROTO_TCP, 2, 1 << 10)
     assert req[24:72] == b"\0" * 48  # zeroed inet_diag_sockid
     attr_len, attr_type = struct.unpack_from("=HH", req, 72)
-    assert (attr_len, attr_type) == (9, cs.INET_DIAG_REQ_BYTECODE)
+    assert (attr_len, attr_type) == (9, nl.INET_DIAG_REQ_BYTECODE)
     assert req[76:81] == b"\1\2\3\4\5" and len(req) % 4 == 0
 
 
@@ -462,7 +515,7 @@ def test_recv_chunks_replays_recorded_dump(dgram_pair):
     for chunk in chunks:
         sender.send(chunk)
     agg = cs.SocketAggregator()
-    agg.feed_netlink("ipv4", cs.recv_chunks(receiver))
+    agg.feed_netlink("ipv4", nl.recv_chunks(receiver))
     expected = cs.SocketAggregator()
     expected.feed_netlink("ipv4", chunks)
     assert agg.result() == expected.result()
@@ -471,20 +524,20 @@ def test_recv_chunks_replays_recorded_dump(dgram_pair):
 
 def test_recv_chunks_truncated_datagram_is_error(dgram_pair):
     sender, receiver = dgram_pair
-    sender.send(b"\0" * (cs.RECV_BUFSIZE + 100))
-    with pytest.raises(cs.DiagError, match="truncated"):
-        next(cs.recv_chunks(receiver))
+    sender.send(b"\0" * (nl.RECV_BUFSIZE + 100))
+    with pytest.raises(nl.DiagError, match="truncated"):
+        next(nl.recv_chunks(receiver))
 
 
 def test_recv_chunks_silence_is_error_not_hang(dgram_pair):
     sender, receiver = dgram_pair
     chunks = read_chunks("close_wait_leak", "ipv4")
-    assert struct.unpack_from("=IH", chunks[-1], len(chunks[-1]) - 20) == (20, cs.NLMSG_DONE)
+    assert struct.unpack_from("=IH", chunks[-1], len(chunks[-1]) - 20) == (20, nl.NLMSG_DONE)
     for chunk in [*chunks[:-1], chunks[-1][:-20]]:  # the dump without its NLMSG_DONE, then nothing
         if chunk:
             sender.send(chunk)
-    with pytest.raises(cs.DiagError, match="no reply"):
-        list(cs.decode_diag_stream(cs.recv_chunks(receiver), "ipv4"))
+    with pytest.raises(nl.DiagError, match="no reply"):
+        list(nl.decode_diag_stream(nl.recv_chunks(receiver), "ipv4"))
 
 
 def test_recv_chunks_copy_keeps_data(dgram_pair):
@@ -493,8 +546,47 @@ def test_recv_chunks_copy_keeps_data(dgram_pair):
     for chunk in chunks:
         sender.send(chunk)
     got = []
-    for chunk in cs.recv_chunks(receiver, copy=True):
+    for chunk in nl.recv_chunks(receiver, copy=True):
         got.append(chunk)
         if len(got) == len(chunks):
             break
     assert got == chunks
+
+
+def _with_distinct_cookies(chunks, copies):
+    """The recorded dump ``copies`` times over (end message once), each copy's cookies made distinct."""
+    body, end = chunks[:-1], chunks[-1]
+    out = []
+    for copy in range(copies):
+        for chunk in body:
+            data = bytearray(chunk)
+            off = 0
+            while off + nl.DIAG_MSG_LEN <= len(data):
+                length, typ = struct.unpack_from("=IH", data, off)
+                if typ == nl.SOCK_DIAG_BY_FAMILY:
+                    (cookie,) = struct.unpack_from("=Q", data, off + 60)  # idiag_cookie in nlmsghdr + inet_diag_msg
+                    struct.pack_into("=Q", data, off + 60, cookie + (copy << 40))
+                off += (length + 3) & ~3
+            out.append(bytes(data))
+    return [*out, end]
+
+
+def test_interval_memory_is_8_bytes_per_tracked_socket():
+    """Issue 10 item 11: what a first sample keeps for persistent-socket detection stays compact."""
+    import tracemalloc  # noqa: PLC0415
+
+    chunks = _with_distinct_cookies(read_chunks("close_wait_leak", "ipv4"), 100)
+    tracked_states = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        aggregator = cs.SocketAggregator(track_states=tracked_states)
+        aggregator.feed_netlink("ipv4", chunks)
+        kept = aggregator.result()["_tracked"]
+        del aggregator
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    count = sum(1 for row in ss_rows("close_wait_leak") if row["state"] in tracked_states) * 100
+    assert len(kept) == count > 1000
+    assert retained / count < 16  # a dict entry with a tuple per socket was ~150 bytes

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import pytest
 from collect_sockets_fixtures import read_chunks, read_text
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _collect_sockets as cs
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as nl
+from ansible_collections.netstate.tcp.plugins.module_utils import _socket_aggregate as cs
 
 STREAMS = {
     "ipv4": read_chunks("close_wait_leak", "ipv4"),
@@ -35,10 +36,10 @@ def run_both(family, chunks):
     """Both netlink decoders; returns True when they finished, False when they raised a Diag error."""
     outcomes = []
     try:
-        records = list(cs.decode_diag_stream(chunks, family, warnings=[]))
+        records = list(nl.decode_diag_stream(chunks, family, warnings=[]))
         assert all(len(r) == 14 for r in records)
         outcomes.append(True)
-    except (cs.DiagError, cs.DiagUnavailable):
+    except (nl.DiagError, nl.DiagUnavailable):
         outcomes.append(False)
     agg = cs.SocketAggregator(top=3, owner_states=("CLOSE_WAIT", "LISTEN"), track_states=("FIN_WAIT1",))
     try:
@@ -46,7 +47,7 @@ def run_both(family, chunks):
         result = agg.result()
         assert result["total"] == sum(result["states"].values())
         outcomes.append(True)
-    except (cs.DiagError, cs.DiagUnavailable):
+    except (nl.DiagError, nl.DiagUnavailable):
         outcomes.append(False)
     return outcomes
 
@@ -128,6 +129,35 @@ def test_malformed_proc_text(family, data):
     assert result["total"] == seen <= len(body)
     if seen < len([b for b in body if b.strip()]):
         assert any("malformed" in w for w in result["warnings"])
+
+
+# Counter-examples hypothesis found (commit ef18e3f): a tcp6 address that is not hex, and a
+# port of five hex digits; both once raised outside the parser's malformed-line handling.
+FOUND_LINES = {
+    "ipv6": [
+        "   0: 0000000000000000FFFF00000100007G:0016 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n",
+        "   0: 0000000000000000FFFF00000100007F:10016 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n",
+    ],
+    "ipv4": [
+        "   0: 0100007F:10016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n",
+        "   0: 0100007F:0016 00000000:0000 0D 00000000:00000000 00:00000000 00000000     0        0 1 1\n",
+    ],
+}
+
+
+@SETTINGS
+@given(family=st.sampled_from(sorted(PROC)), index=st.integers(0, 1))
+@example(family="ipv6", index=0)
+@example(family="ipv6", index=1)
+@example(family="ipv4", index=0)
+@example(family="ipv4", index=1)
+def test_found_counter_examples_are_malformed_lines(family, index):
+    agg = cs.SocketAggregator()
+    seen = agg.feed_procfs(family, [PROC[family][0], FOUND_LINES[family][index]])
+    assert seen == 0
+    assert any("skipped 1 malformed line(s)" in w for w in agg.result()["warnings"])
 
 
 @pytest.mark.parametrize("family", sorted(PROC))
