@@ -35,9 +35,12 @@ are dumped when the states mask has the NEW_SYN_RECV bit, but the kernel
 reports them with state SYN_RECV (as ``ss`` shows them); :func:`state_mask`
 therefore adds the NEW_SYN_RECV bit whenever SYN_RECV is asked for.
 
-Decoders yield records in batches (one list per netlink datagram): a consumer
-loops over a list at C speed, which keeps a full dump as fast as a decoder
-fused with its consumer.  :func:`iter_diag` flattens them for simple callers.
+One decoding loop, :func:`decode_batches`, yields batches (one list per netlink
+datagram) of raw rows: the tuples a layout from :func:`message_layouts` unpacks,
+untouched.  Records are built from the rows of RECORD_LAYOUTS; a consumer that
+must be as fast as a decoder fused with it (the facts aggregator) declares its
+own layout and loops over the rows, so no tuple is built per socket in between.
+:func:`iter_diag` flattens record batches for simple callers.
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ def message_layouts(keep, v4_address="4s12x"):
 
 # Every inet_diag_msg field a record needs (rows: len, type_flags, state, timer, retrans,
 # sport, dport, src, dst, cookie, expires, rqueue, wqueue, uid, inode).
-RECORD_LAYOUTS = message_layouts(
+RECORD_KEEP = frozenset(
     {
         "idiag_state",
         "idiag_timer",
@@ -207,6 +210,7 @@ RECORD_LAYOUTS = message_layouts(
         "idiag_inode",
     }
 )
+RECORD_LAYOUTS = message_layouts(RECORD_KEEP)
 
 RECV_BUFSIZE = 1 << 16  # the kernel fills at most ~32 KiB per dump skb
 SO_RCVBUF_WANTED = 1 << 22

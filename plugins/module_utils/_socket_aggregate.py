@@ -25,6 +25,7 @@ from collections import defaultdict
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import (
     ALL_STATES_MASK,
     FAMILIES,
+    RECORD_KEEP,
     ST_LISTEN,
     ST_NEW_SYN_RECV,
     STATE_NUMBERS,
@@ -51,22 +52,7 @@ _COOKIE_MASK = (1 << 64) - 1
 # ports stay in network order (SWAP16 maps them when a result is built), and IPv4 addresses
 # are native ints: an int hashes and compares faster than a fresh bytes object, and the hot
 # loop's dict keys are made of them.
-FACTS_LAYOUTS = message_layouts(
-    {
-        "idiag_state",
-        "idiag_timer",
-        "idiag_retrans",
-        "idiag_sport",
-        "idiag_dport",
-        "idiag_src",
-        "idiag_dst",
-        "idiag_cookie",
-        "idiag_rqueue",
-        "idiag_wqueue",
-        "idiag_inode",
-    },
-    v4_address="I12x",
-)
+FACTS_LAYOUTS = message_layouts(RECORD_KEEP - {"idiag_expires", "idiag_uid"}, v4_address="I12x")
 # port_kind values: what a socket on that local port is for the outgoing-connection tables.
 _LISTENING, _FIXED_PORT, _EPHEMERAL_PORT = 0, 1, 2
 

@@ -213,8 +213,12 @@ def test_procfs_equals_netlink(host):
     for key in ("states", "families", "total", "queues", "top", "_busiest_tuple", "_owner_inodes"):
         assert pf[key] == nl[key], key
     for state, timers in nl["timers"].items():
-        # retransmit counts grow between the two reads (SYN_SENT backs off): procfs is read second
-        assert pf["timers"][state]["max_retransmits"] >= timers["max_retransmits"]
+        # Retransmit counts grow between the two reads (SYN_SENT backs off): procfs is read second.
+        # Probe counts (persist and keepalive timers) do not: tcp_ack() zeroes icsk_probes_out when a
+        # probe is answered, so one read can catch 1 and the next 0; the field mapping of those is
+        # tested on the recorded fixtures (test_socket_records).
+        if not (timers["persist"] or timers["keepalive"]):
+            assert pf["timers"][state]["max_retransmits"] >= timers["max_retransmits"], state
         assert {k: v for k, v in pf["timers"][state].items() if k != "max_retransmits"} == {
             k: v for k, v in timers.items() if k != "max_retransmits"
         }

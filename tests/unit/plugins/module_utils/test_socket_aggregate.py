@@ -44,27 +44,26 @@ def decoded(name):
     return rows
 
 
-def aggregate(name, **kwargs):
+def recorded_aggregator(name, **kwargs):
+    """A SocketAggregator with the recording namespace's local addresses and ephemeral range."""
     m = meta(name)
-    agg = cs.SocketAggregator(
+    return cs.SocketAggregator(
         top=kwargs.pop("top", 10),
         local_addresses=set(m["local_addresses"]),
         ephemeral_range=tuple(m["ephemeral_range"]),
         **kwargs,
     )
+
+
+def aggregate(name, **kwargs):
+    agg = recorded_aggregator(name, **kwargs)
     for family in ("ipv4", "ipv6"):
         agg.feed_netlink(family, read_chunks(name, family))
     return agg.result()
 
 
 def aggregate_procfs(name, **kwargs):
-    m = meta(name)
-    agg = cs.SocketAggregator(
-        top=kwargs.pop("top", 10),
-        local_addresses=set(m["local_addresses"]),
-        ephemeral_range=tuple(m["ephemeral_range"]),
-        **kwargs,
-    )
+    agg = recorded_aggregator(name, **kwargs)
     agg.feed_procfs("ipv4", read_text(name, "tcp.txt").splitlines(True))
     agg.feed_procfs("ipv6", read_text(name, "tcp6.txt").splitlines(True))
     return agg.result()

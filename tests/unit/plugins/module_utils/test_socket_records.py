@@ -138,6 +138,23 @@ def flag_interrupted(chunks):
     return out
 
 
+def test_diag_messages_without_nlm_f_multi_take_the_slow_path_and_still_decode():
+    """The decoder's fast path compares type and flags at once; other flags must not lose a socket."""
+    chunks = read_chunks("established", "ipv4")
+    out = []
+    for chunk in chunks:
+        data = bytearray(chunk)
+        off = 0
+        while off + 16 <= len(data):
+            length, typ = struct.unpack_from("=IH", data, off)
+            if typ == nl.SOCK_DIAG_BY_FAMILY:
+                struct.pack_into("=H", data, off + 6, 0)
+            off += (length + 3) & ~3
+        out.append(bytes(data))
+    assert out != chunks
+    assert list(nl.decode_diag_stream(out, "ipv4")) == list(nl.decode_diag_stream(chunks, "ipv4"))
+
+
 def test_dump_intr_flag_is_seen_and_records_still_decode():
     chunks = read_chunks("close_wait_leak", "ipv4")
     status = nl.DumpStatus()
