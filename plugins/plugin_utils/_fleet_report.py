@@ -92,12 +92,12 @@ _ABSENT = object()
 
 def _is_count(value) -> bool:
     # bool is a subclass of int and no count
-    return isinstance(value, int) and type(value) is not bool and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_finite(value) -> bool:
     if isinstance(value, int):
-        return type(value) is not bool
+        return not isinstance(value, bool)
     return isinstance(value, float) and math.isfinite(value)
 
 
@@ -169,7 +169,7 @@ def _structure(emit):
 
 @_leaf("type({v}) is not int or {v} < 0")
 def _count(value, path):
-    if isinstance(value, int) and type(value) is not bool and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return None
     return f"{path} is {_shown(value)}, not a non-negative integer"
 
@@ -190,7 +190,7 @@ def _counts(names):
             return f"{path} is {_shown(value)}, not a mapping"
         for name in names:
             count = value.get(name)
-            if not isinstance(count, int) or type(count) is bool or count < 0:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 return f"{path} lacks {name!r}" if name not in value else _count(count, f"{path}.{name}")
         return None
 
@@ -218,10 +218,10 @@ def _text(value, path):
 
 
 def _text_ok(value):
-    return type(value) is str and len(value) <= TEXT_MAX
+    return isinstance(value, str) and len(value) <= TEXT_MAX
 
 
-@_fast(lambda value: type(value) is str and FINDING_CODE.fullmatch(value) is not None)
+@_fast(lambda value: isinstance(value, str) and FINDING_CODE.fullmatch(value) is not None)
 def _code(value, path):
     if isinstance(value, str) and FINDING_CODE.fullmatch(value):
         return None
@@ -241,7 +241,7 @@ def _one_of(choices):
 def _equal(expected, what):
     kind = type(expected)
 
-    @_fast(lambda value: type(value) is kind and value == expected)
+    @_fast(lambda value: isinstance(value, kind) and not isinstance(value, bool) and value == expected)
     def check(value, path):
         return (
             None if value == expected and not isinstance(value, bool) else f"{what} {_shown(value)} is not {expected}"
@@ -369,7 +369,7 @@ def _json_ok(value, depth=0):
         return False
     if kind is dict:
         for name in value:
-            if type(name) is not str or len(name) > TEXT_MAX:
+            if not isinstance(name, str) or len(name) > TEXT_MAX:
                 return False
         return _json_values_ok(value.values(), depth + 1)
     return kind is list and _json_values_ok(value, depth + 1)
@@ -401,7 +401,7 @@ def _json_data(value, path, depth=0):
     return f"{path} is {_shown(value)}, not JSON data"
 
 
-@_fast(lambda value: type(value) is dict and _json_ok(value))
+@_fast(lambda value: isinstance(value, dict) and _json_ok(value))
 def _json_mapping(value, path):
     return _json_data(value, path) if isinstance(value, dict) else f"{path} is {_shown(value)}, not a mapping"
 

@@ -296,7 +296,7 @@ def test_saved_state_is_validated_like_user_input(host, tmp_path):
         before = live(host)
         result = run(host, {"state": "absent"})
         assert result.get("failed") is True, (name, result)
-        assert STATE in result["msg"] and name.split("/")[0] in result["msg"], result["msg"]
+        assert STATE in result["msg"] and name.split("/", maxsplit=1)[0] in result["msg"], result["msg"]
         assert target.read_text() == "5\n"
         assert live(host) == before
         (directory / STATE).unlink()

@@ -392,8 +392,8 @@ def established_pairs():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
-    servers = [listener.accept()[0] for _ in clients]
+    clients = [socket.create_connection(listener.getsockname()) for _client in range(3)]
+    servers = [listener.accept()[0] for _client in clients]
     yield listener.getsockname()[1]
     for sock in clients + servers + [listener]:
         sock.close()

@@ -105,7 +105,7 @@ def test_tapping_the_facts_rows_counts_like_the_records(name):
         rows = cs.decode_batches(read_chunks(name, family), family, sa.FACTS_LAYOUTS)
         passed = list(tapped.tap_rows(family, rows))  # the batches go on unchanged to the aggregator
         assert sum(len(batch) for batch in passed) == sum(
-            1 for _ in cs.decode_diag_stream(read_chunks(name, family), family)
+            1 for _message in cs.decode_diag_stream(read_chunks(name, family), family)
         )
     assert tapped.states == from_records.states
     assert tapped.inode_of == from_records.inode_of

@@ -107,11 +107,9 @@ def options(**given):
     return params
 
 
-def run(
-    proc, conf, *, check=False, diff=False, writer=fake_kernel_writer, namespace=NON_INITIAL, mover=os.replace, **given
-):
+def run(proc, conf, *, check=False, diff=False, writer=fake_kernel_writer, namespace=None, mover=os.replace, **given):
     params = options(file=conf, **given)
-    kernel = Kernel(proc, namespace, params["on_global_in_namespace"], writer)
+    kernel = Kernel(proc, NON_INITIAL if namespace is None else namespace, params["on_global_in_namespace"], writer)
     return manage(params, check, diff, mover=mover, kernel=kernel)
 
 
