@@ -493,6 +493,9 @@ def decode_batches(chunks, family, layouts=RECORD_LAYOUTS, *, with_attrs=False, 
     ``interrupted`` set when the kernel flags NLM_F_DUMP_INTR, as iproute2's
     libnetlink checks on every message.
 
+    A datagram of plain messages of one length (the common case) is unpacked by
+    :class:`_UniformRows` in C; the loop here handles the rest message by message.
+
     radon grades this loop above C on purpose: it is the hot loop of every
     netlink dump (one pass per socket), and each helper call it would be split
     into costs a measurable share of a 300k-socket dump.
