@@ -53,6 +53,10 @@ _COOKIE_MASK = (1 << 64) - 1
 # are native ints: an int hashes and compares faster than a fresh bytes object, and the hot
 # loop's dict keys are made of them.
 FACTS_LAYOUTS = message_layouts(RECORD_KEEP - {"idiag_expires", "idiag_uid"}, v4_address="I12x")
+# The same rows with a placeholder (the cookie's first byte) in the cookie slot, for an
+# aggregator that tracks no state: it never reads a cookie, and a 64-bit int is one
+# allocation per socket in the hot loop.
+FACTS_LAYOUTS_NO_COOKIE = message_layouts(RECORD_KEEP - {"idiag_expires", "idiag_uid"}, v4_address="I12x", cookie="B7x")
 # port_kind values: what a socket on that local port is for the outgoing-connection tables.
 _LISTENING, _FIXED_PORT, _EPHEMERAL_PORT = 0, 1, 2
 
@@ -139,6 +143,22 @@ def _contains(sorted_cookies, cookie):
     return index < len(sorted_cookies) and sorted_cookies[index] == cookie
 
 
+def _wire_port_kinds(low, high):
+    """bytearray indexed by wire-order port: _EPHEMERAL_PORT inside [low, high] (host order), else _FIXED_PORT.
+
+    Built without a Python step per port: the host-order table, seen as 256 rows (high
+    byte) of 256 columns (low byte), is transposed by 256 slices, which swaps the bytes
+    of every index on a little-endian host.
+    """
+    low, high = max(low, 0), min(high, 65535)
+    host = bytearray([_FIXED_PORT]) * 65536
+    if low <= high:
+        host[low : high + 1] = bytes([_EPHEMERAL_PORT]) * (high - low + 1)
+    if SWAP16[1] == 1:  # pragma: no cover - big-endian hosts: wire order is host order
+        return host
+    return bytearray(b"".join(host[column::256] for column in range(256)))
+
+
 class SocketAggregator:
     """Streaming aggregates over TCP socket records (batches from ``_socket_records``).
 
@@ -166,10 +186,12 @@ class SocketAggregator:
         self.top = int(top)
         self.local_addresses = local_addresses if local_addresses is not None else set()
         low, high = ephemeral_range or (32768, 60999)
-        self.family_counts = {"ipv4": [0] * 256, "ipv6": [0] * 256}
+        # Per family, sockets by (state << 8) | idiag_timer, every socket counted (timer 0: none):
+        # a state's count is the sum of its row, so the hot loop keeps no separate count.
+        # States above NEW_SYN_RECV never get here (``special`` skips them).
+        self.state_timers = {"ipv4": [0] * ((ST_NEW_SYN_RECV + 1) << 8), "ipv6": [0] * ((ST_NEW_SYN_RECV + 1) << 8)}
         self.send_bytes = [0] * 256
         self.recv_bytes = [0] * 256
-        self.timers = [0] * 65536  # (state << 8) | idiag_timer
         self.max_retrans = [0] * 256
         # Local-port counts in a flat list indexed (state << 16) | wire port: a list slot is
         # much cheaper than a dict insert when ephemeral ports make most keys distinct.
@@ -184,10 +206,10 @@ class SocketAggregator:
         self.outgoing = [defaultdict(int) for _slot in range((_EPHEMERAL_PORT + 1) << 8)]
         # Kind of each wire-order local port; both dumps (netlink and /proc) list listeners
         # before connections, so a listener marks its port before any socket on it is counted.
-        self.port_kind = bytearray([_FIXED_PORT]) * 65536
-        for port in range(max(low, 0), min(high, 65535) + 1):
-            self.port_kind[SWAP16[port]] = _EPHEMERAL_PORT
+        self.port_kind = _wire_port_kinds(low, high)
         self.owner_inodes = {}
+        # The rows this aggregator reads from netlink: cookies only when a state is tracked.
+        self.layouts = FACTS_LAYOUTS if track_states else FACTS_LAYOUTS_NO_COOKIE
         self.tracked = array("Q")
         self.before = persistent_before
         self.persistent = {name: {"count": 0, "send_bytes": 0} for name in track_states}
@@ -218,13 +240,14 @@ class SocketAggregator:
         pass per socket over the decoder's rows), and every call split out of it costs
         a measurable share of a 300k-socket dump.
         """
-        counts = self.family_counts[family_name(family)]
-        send_bytes, recv_bytes, timers, max_retrans = self.send_bytes, self.recv_bytes, self.timers, self.max_retrans
+        timers = self.state_timers[family_name(family)]
+        send_bytes, recv_bytes, max_retrans = self.send_bytes, self.recv_bytes, self.max_retrans
         port_counts, incoming, outgoing = self.port_counts, self.incoming, self.outgoing
         port_kind, special = self.port_kind, self.special
+        listen_slot = ST_LISTEN << 8  # listeners are counted with timer 0: the listener table has their details
         if not listen_backlog_known:
             self.listen_backlog_known = False
-        before = sum(counts)
+        before = sum(timers)
         for batch in batches:
             for _len, _type_flags, st, timer, retrans, sport, dport, src, dst, cookie, rq, wq, ino in batch:
                 if special[st]:
@@ -232,27 +255,26 @@ class SocketAggregator:
                         self.unknown_states += 1
                         continue
                     if st == ST_LISTEN:
-                        counts[st] += 1
+                        timers[listen_slot] += 1
                         # LISTEN "queues" are not bytes: rqueue is the accept-queue length, wqueue the backlog.
                         self._add_listener(src, sport, rq, wq if self.listen_backlog_known else None, ino)
                         continue
                     self._special(st, ino, wq, cookie)
-                counts[st] += 1
+                timers[(st << 8) | timer] += 1  # the socket's count too (see state_timers)
                 if wq:
                     send_bytes[st] += wq
                 if rq:
                     recv_bytes[st] += rq
-                if timer:
-                    timers[(st << 8) | timer] += 1
-                    if retrans > max_retrans[st]:  # noqa: PLR1730 - max() is slower in the hot loop
-                        max_retrans[st] = retrans
+                # retrans is mostly 0: test it first; only sockets in a timer count towards the maximum.
+                if retrans and timer and retrans > max_retrans[st]:
+                    max_retrans[st] = retrans
                 port_counts[(st << 16) | sport] += 1
                 kind = port_kind[sport]
                 if kind:
                     outgoing[(kind << 8) | st][(src, dst, dport)] += 1
                 else:
                     incoming[st][(src, dst)] += 1
-        return sum(counts) - before
+        return sum(timers) - before
 
     def feed_records(self, family, record_batches, source="netlink"):
         """Aggregate batches of records (the ``_socket_records`` layout) of one family.
@@ -273,7 +295,7 @@ class SocketAggregator:
 
     def feed_netlink(self, family, chunks, status=None):
         """Aggregate recorded or live netlink datagrams of one family's dump."""
-        return self.feed(family, decode_batches(chunks, family, FACTS_LAYOUTS, warnings=self.warnings, status=status))
+        return self.feed(family, decode_batches(chunks, family, self.layouts, warnings=self.warnings, status=status))
 
     def feed_procfs(self, family, lines):
         """Aggregate /proc/net/tcp or tcp6 text given line by line (malformed lines: one warning)."""
@@ -362,14 +384,20 @@ class SocketAggregator:
             top["by_peer_endpoint"][name] = self._top_rows(by_peer_endpoint, self._peer_endpoint_row)
         return top
 
+    def _timer_count(self, st, timer):
+        return sum(timers[(st << 8) | timer] for timers in self.state_timers.values())
+
+    def _state_counts(self, fam):
+        timers = self.state_timers[fam]
+        return {name: sum(timers[number << 8 : (number + 1) << 8]) for name, number in STATE_NUMBERS.items()}
+
     def _timers(self, st):
-        base = st << 8
-        persist = self.timers[base | 4]
+        persist = self._timer_count(st, 4)
         return {
-            "retransmit": self.timers[base | 1],
+            "retransmit": self._timer_count(st, 1),
             "persist": persist,
-            "keepalive": self.timers[base | 2],
-            "time_wait": self.timers[base | 3],
+            "keepalive": self._timer_count(st, 2),
+            "time_wait": self._timer_count(st, 3),
             # The kernel arms the zero-window probe (persist) timer only while the peer
             # advertises a zero window and data waits: those sockets are the zero-window ones.
             "zero_window": persist,
@@ -412,10 +440,7 @@ class SocketAggregator:
         return warnings
 
     def result(self):
-        families = {
-            fam: {name: counts[number] for name, number in STATE_NUMBERS.items()}
-            for fam, counts in self.family_counts.items()
-        }
+        families = {fam: self._state_counts(fam) for fam in self.state_timers}
         states = {name: families["ipv4"][name] + families["ipv6"][name] for name in STATES}
         queues = {
             name: {"send_bytes": self.send_bytes[st], "recv_bytes": self.recv_bytes[st]}
@@ -508,7 +533,8 @@ def collect_sockets(
                         that nothing listens on (ephemeral-port pressure); None values and 0 when none
 
     ``record_tap``: a second consumer of the same dump (the gate's exact counter), with
-    ``tap_rows(family, batches)`` (FACTS_LAYOUTS rows) and ``tap(family, batches)`` (records,
+    ``tap_rows(family, batches)`` (FACTS_LAYOUTS rows; without ``track_states`` the cookie slot holds a
+    placeholder) and ``tap(family, batches)`` (records,
     the procfs path) -> the batches, seen on their way, and ``restart()`` when the collection
     starts over (an interrupted dump, the procfs fallback).
     """
@@ -537,7 +563,7 @@ def collect_sockets(
         for family in families:
             # Rows straight from the decoder (no record tuple per socket): the fast path of a full dump.
             batches = iter_diag_rows(
-                family, ALL_STATES_MASK, FACTS_LAYOUTS, warnings=aggregator.warnings, on_interrupt=on_interrupt
+                family, ALL_STATES_MASK, aggregator.layouts, warnings=aggregator.warnings, on_interrupt=on_interrupt
             )
             if record_tap is not None:
                 batches = record_tap.tap_rows(family, batches)

@@ -109,10 +109,11 @@ class SocketCounter:
 
 def _row_record(row, swap, pack_v4):
     """A FACTS_LAYOUTS row as a record (the fields the counter reads; the others zero or None)."""
-    _len, _type, state, timer, retrans, sport, dport, src, dst, cookie, rqueue, wqueue, inode = row
+    # The cookie slot is not read: the aggregator may fill it with a placeholder (FACTS_LAYOUTS_NO_COOKIE).
+    _len, _type, state, timer, retrans, sport, dport, src, dst, _cookie, rqueue, wqueue, inode = row
     if pack_v4 is not None:
         src, dst = pack_v4(src), pack_v4(dst)
-    return (state, src, swap[sport], dst, swap[dport], rqueue, wqueue, timer, retrans, 0, 0, inode, cookie, None)
+    return (state, src, swap[sport], dst, swap[dport], rqueue, wqueue, timer, retrans, 0, 0, inode, None, None)
 
 
 def dump_into(counter, ports=(), *, records=None, warnings=None):

@@ -589,3 +589,13 @@ def test_interval_memory_is_8_bytes_per_tracked_socket():
     count = sum(1 for row in ss_rows("close_wait_leak") if row["state"] in tracked_states) * 100
     assert len(kept) == count > 1000
     assert retained / count < 16  # a dict entry with a tuple per socket was ~150 bytes
+
+
+@pytest.mark.parametrize("port_range", [(32768, 60999), (1, 65535), (0, 0), (1024, 1024), (255, 256), (-5, 10), (5, 3)])
+def test_wire_port_kinds_match_the_swapped_port_of_each_host_port(port_range):
+    """The transposed table marks exactly the wire-order form of every host port in the range."""
+    low, high = port_range
+    table = cs._wire_port_kinds(low, high)
+    for port in range(65536):
+        expected = cs._EPHEMERAL_PORT if max(low, 0) <= port <= min(high, 65535) else cs._FIXED_PORT
+        assert table[nl.SWAP16[port]] == expected, port

@@ -221,3 +221,73 @@ def test_struct_layouts_are_generated_from_the_field_tables():
     assert nl.compile_layout(nl.INET_DIAG_MSG_FIELDS, {"idiag_state"}).unpack_from(bytes([2, 8]) + bytes(70)) == (8,)
     with pytest.raises(ValueError, match="size"):
         nl.compile_layout(nl.NLMSGHDR_FIELDS, None, {"nlmsg_len": "H"})
+
+
+# ---- uniform datagrams (decode_batches' iter_unpack path) ------------------------------
+
+
+def _per_message_rows(chunks, family, layouts):
+    """Rows of the per-message loop alone: with_attrs never takes the uniform-datagram path."""
+    return [row for batch in nl.decode_batches(chunks, family, layouts, with_attrs=True) for row, _attrs in batch]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_uniform_datagrams_decode_like_the_per_message_loop(name):
+    """Every recorded dump: the batched rows equal the rows of the per-message loop, for both layouts."""
+    for family in ("ipv4", "ipv6"):
+        chunks = read_chunks(name, family)
+        for layouts in (nl.RECORD_LAYOUTS, agg.FACTS_LAYOUTS, agg.FACTS_LAYOUTS_NO_COOKIE):
+            rows = [row for batch in nl.decode_batches(chunks, family, layouts) for row in batch]
+            assert rows == _per_message_rows(chunks, family, layouts)
+
+
+def _uniform_chunk(name="time_wait_churn"):
+    """A recorded datagram whose messages all have one length (the kernel's common case)."""
+    for chunk in read_chunks(name, "ipv4"):
+        lengths = set()
+        off = 0
+        while off < len(chunk):
+            (length,) = struct.unpack_from("=I", chunk, off)
+            lengths.add(length)
+            off += (length + 3) & ~3
+        if len(lengths) == 1 and len(chunk) // lengths.pop() > 2:
+            return bytearray(chunk)
+    raise AssertionError("the fixture has no uniform datagram")
+
+
+def _end_chunk():
+    return read_chunks("time_wait_churn", "ipv4")[-1]
+
+
+def test_uniform_datagram_with_one_flagged_message_reports_the_interruption():
+    """NLM_F_DUMP_INTR on one message inside a uniform datagram is seen, and its rows are kept."""
+    data = _uniform_chunk()
+    (length,) = struct.unpack_from("=I", data, 0)
+    middle = (len(data) // length // 2) * length
+    (flags,) = struct.unpack_from("=H", data, middle + 6)
+    struct.pack_into("=H", data, middle + 6, flags | nl.NLM_F_DUMP_INTR)
+    status = nl.DumpStatus()
+    rows = [row for batch in nl.decode_batches([bytes(data), _end_chunk()], "ipv4", status=status) for row in batch]
+    assert status.interrupted
+    assert len(rows) == len(data) // length + sum(1 for _ in nl.decode_diag_stream([_end_chunk()], "ipv4"))
+
+
+def test_uniform_datagram_with_a_message_of_another_type_is_not_taken_as_rows():
+    """A message of another type inside a uniform datagram (here NLMSG_DONE with the same length) ends the dump."""
+    data = _uniform_chunk()
+    (length,) = struct.unpack_from("=I", data, 0)
+    third = 2 * length
+    struct.pack_into("=H", data, third + 4, nl.NLMSG_DONE)
+    struct.pack_into("=i", data, third + 16, 0)
+    rows = [row for batch in nl.decode_batches([bytes(data)], "ipv4") for row in batch]
+    assert len(rows) == 2
+
+
+def test_uniform_datagram_with_a_length_that_runs_past_the_end_is_an_error():
+    """One header claiming more than the datagram holds is caught, not read as a uniform run."""
+    data = _uniform_chunk()
+    (length,) = struct.unpack_from("=I", data, 0)
+    struct.pack_into("=I", data, length, len(data))
+    with pytest.raises(nl.DiagError, match="does not fit the datagram"):
+        for _batch in nl.decode_batches([bytes(data)], "ipv4"):
+            pass
