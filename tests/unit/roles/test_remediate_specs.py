@@ -98,8 +98,9 @@ def test_tw_recycle_is_never_a_key_anywhere():
 @pytest.mark.parametrize(
     ("orphan_cap", "fragment"),
     [
-        ({"memory_mb": 1024, "retries": 0}, "orphan_cap: retries must be >= 1 (tcp_orphan_retries 0 means 8"),
+        ({"memory_mb": 1024, "retries": 0}, "orphan_cap: retries must be 1 to 255 (tcp_orphan_retries 0 means 8"),
         ({"memory_mb": -5}, "orphan_cap: memory_mb must be 1 to"),
+        ({"memory_mb": 1024, "retries": 256}, "orphan_cap: retries must be 1 to 255"),
     ],
 )
 def test_bad_orphan_cap_fails_before_anything_is_changed(tmp_path, orphan_cap, fragment):
