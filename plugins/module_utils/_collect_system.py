@@ -3,7 +3,7 @@
 
 """Host and namespace TCP figures from procfs: sockstat, SNMP counters, sysctls, pressure.
 
-Stdlib only (runs on managed nodes, Python 3.9+). Every reader takes the text it
+Stdlib only (runs on managed nodes, Python 3.7+). Every reader takes the text it
 parses (or a ``proc`` root directory) so unit tests feed it files recorded from
 real kernels. Parsers never raise on malformed text: bad lines are skipped and
 reported through the ``warnings`` list the caller passes in.

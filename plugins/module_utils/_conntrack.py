@@ -3,7 +3,7 @@
 
 """The namespace's nf_conntrack table: size, limit, TCP timeouts and TCP conntrack states.
 
-Python stdlib only (runs on managed nodes, Python 3.9+).
+Python stdlib only (runs on managed nodes, Python 3.7+).
 
 Figures come from /proc/sys/net/netfilter (per network namespace); the TCP
 conntrack states from one ctnetlink dump (NETLINK_NETFILTER, IPCTNL_MSG_CT_GET)

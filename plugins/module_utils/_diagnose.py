@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Findings: pure functions of the tcp_state facts dict (schema 1 of DESIGN.md).
+"""Findings: pure functions of the tcp_state facts dict (schema 1 of docs/architecture.md).
 
 Nothing here touches the kernel: every number comes from the facts, so the
 diagnoses are unit-testable from recorded fixtures. Any key of the facts may

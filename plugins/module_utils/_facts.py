@@ -1,7 +1,7 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Assemble the `tcp_state` fact dict (schema 1 of DESIGN.md) from the collectors.
+"""Assemble the `tcp_state` fact dict (schema 1 of docs/architecture.md) from the collectors.
 
 normalize_options(params) checks and normalizes module options (ValueError names
 the option and its valid values); collect_facts(options) returns the tcp_state

@@ -690,7 +690,7 @@ def collect_churn(seconds, *, identify=identify_process, warnings=None):
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if interrupted is not None:
-        signal.raise_signal(interrupted)
+        os.kill(os.getpid(), interrupted)  # signal.raise_signal is Python 3.8+; modules run on 3.7
         raise TraceUnavailable(f"interrupted by signal {interrupted}")
     if aggregate.unresolved_events:
         warnings.append(

@@ -3,8 +3,6 @@
 
 # Documentation only: the action plugin of the same name does the work on the controller.
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: tcp_fleet_report
 short_description: Aggregate tcp_state facts of a fleet into JSON, Markdown, HTML, CSV and Prometheus reports
@@ -31,6 +29,9 @@ description:
   - Compares the report with the previous one (O(compare_with), else the C(latest) report in
     O(output_dir)) and saves what changed in C(report.json) as C(changes).
   - C(playbooks/audit.yml) of this collection runs the whole audit.
+requirements:
+  - Runs on the controller with ansible-core's Python; jmespath there for O(query). The audited hosts
+    need what M(netstate.tcp.tcp_state_facts) needs.
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:

@@ -2,8 +2,6 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: tcp_gate
@@ -26,8 +24,11 @@ description:
     top offenders, for example C(CLOSE_WAIT 1570 > 100; 1523 held by pid 4242 (proxy\) on :8080).
   - Every option is checked before anything is sampled; a bad value fails the task with the option, the bad
     value and the valid keys.
-  - Needs only Python 3.9+ and its standard library on the managed node. Naming processes needs root for other
+  - Needs only Python 3.7+ and its standard library on the managed node. Naming processes needs root for other
     users' processes.
+requirements:
+  - Python >= 3.7 on the managed node, standard library only (on an older Python the module fails
+    with a message naming the minimum).
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
@@ -271,6 +272,10 @@ msg:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netstate.tcp.plugins.module_utils._python_version import exit_on_old_python
+
+exit_on_old_python("tcp_gate")  # before the module_utils below: they need Python 3.7 syntax
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _diagnose, _facts, _gate
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES

@@ -2,8 +2,6 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: tcp_socket_info
@@ -21,8 +19,11 @@ description:
     what the kernel returned.
   - Memory stays bounded however many sockets match, at most O(limit) sockets are kept, with a heap when
     O(sort) is set; every match is still counted in RV(matched).
-  - Needs only Python 3.9+ and its standard library on the managed node, and netlink sock_diag (root not
+  - Needs only Python 3.7+ and its standard library on the managed node, and netlink sock_diag (root not
     required to list sockets; other users' processes' fds need root for the owner filters).
+requirements:
+  - Python >= 3.7 on the managed node, standard library only (on an older Python the module fails
+    with a message naming the minimum).
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
@@ -257,6 +258,10 @@ warnings_list:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netstate.tcp.plugins.module_utils._python_version import exit_on_old_python
+
+exit_on_old_python("tcp_socket_info")  # before the module_utils below: they need Python 3.7 syntax
 
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import DiagError, DiagUnavailable
 from ansible_collections.netstate.tcp.plugins.module_utils._socket_info import (

@@ -2,8 +2,6 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: tcp_state_facts
@@ -25,9 +23,12 @@ description:
     RV(ansible_facts.tcp_state_namespaces).
   - Runs without root too; it then reports what it can see (socket counts, sockstat, counters, sysctls, the
     user's own processes) and lists what it could not read in RV(ansible_facts.tcp_state.warnings).
-  - Needs only Python 3.9+ and its standard library on the managed node.
+  - Needs only Python 3.7+ and its standard library on the managed node.
   - A netlink dump the kernel flags as interrupted by concurrent changes (C(NLM_F_DUMP_INTR)) is taken again
     once; when the second is interrupted too, RV(ansible_facts.tcp_state.warnings) says so.
+requirements:
+  - Python >= 3.7 on the managed node, standard library only (on an older Python the module fails
+    with a message naming the minimum).
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
@@ -591,6 +592,10 @@ ansible_facts:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netstate.tcp.plugins.module_utils._python_version import exit_on_old_python
+
+exit_on_old_python("tcp_state_facts")  # before the module_utils below: they need Python 3.7 syntax
 
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import (
     ARGUMENT_SPEC,

@@ -2,8 +2,6 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: tcp_sysctl
@@ -38,6 +36,9 @@ description:
   - Files are staged before any live value is written, so a read-only or full directory fails the task with
     nothing changed; a later failure undoes exactly what was changed and the message says what was restored.
   - Only integer sysctls are supported.
+requirements:
+  - Python >= 3.7 on the managed node, standard library only (on an older Python the module fails
+    with a message naming the minimum).
 author:
   - netstate.tcp developers (@netstate)
 extends_documentation_fragment:
@@ -293,6 +294,10 @@ diff:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netstate.tcp.plugins.module_utils._python_version import exit_on_old_python
+
+exit_on_old_python("tcp_sysctl")  # before the module_utils below: they need Python 3.7 syntax
 
 from ansible_collections.netstate.tcp.plugins.module_utils._remediation import ORPHAN_RETRIES, PROFILES
 from ansible_collections.netstate.tcp.plugins.module_utils._sysctl import (

@@ -86,6 +86,10 @@ def ansible_env():
     env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(REPO, ".build", "collections")
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    # never the user's ~/.ansible (make exports the same): lab hosts share this machine's filesystem
+    env.setdefault("ANSIBLE_HOME", os.path.join(REPO, ".build", "ansible-home"))
+    env.setdefault("ANSIBLE_REMOTE_TMP", os.path.join(REPO, ".build", "ansible-home", "remote-tmp"))
+    env.setdefault("ANSIBLE_SSH_CONTROL_PATH_DIR", os.path.join(REPO, ".build", "ansible-home", "cp"))
     if shutil.which("ansible-playbook", path=env["PATH"]) is None:
         pytest.skip("ansible-playbook not found in the venv")
     return env

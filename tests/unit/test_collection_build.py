@@ -19,6 +19,7 @@ GALAXY = Path(sys.executable).with_name("ansible-galaxy")
 
 # What a user installs: the collection's content and the files an execution environment build reads.
 SHIPPED = {
+    "LICENSE",
     "MANIFEST.json",
     "FILES.json",
     "README.md",
@@ -75,6 +76,7 @@ def test_tarball_ships_the_collection_only(tmp_path):
         names = tar.getnames()
     top = {name.split("/", 1)[0] for name in names}
     assert top <= SHIPPED, sorted(top - SHIPPED)
+    assert "LICENSE" in top
     assert not [name for name in names if "leftover" in name or "__pycache__" in name or name.endswith(".pyc")]
     # Every module, module_util, role and playbook of the tree is in it.
     for pattern in ("plugins/**/*.py", "roles/*/*/*.yml", "playbooks/*.yml", "meta/*.yml"):
@@ -82,6 +84,15 @@ def test_tarball_ships_the_collection_only(tmp_path):
         assert expected <= set(names), sorted(expected - set(names))
     # Code and docs only: far below Galaxy's upload limit.
     assert tarball.stat().st_size < 2 * 1024 * 1024
+
+
+def test_licence_file_is_the_licence_galaxy_yml_names():
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    text = (ROOT / "LICENSE").read_text()
+    # GPL-3.0-or-later: the GPL v3 text itself, whose section 14 grants "or any later version"
+    assert galaxy["license"] == ["GPL-3.0-or-later"]
+    assert text.split()[:7] == ["GNU", "GENERAL", "PUBLIC", "LICENSE", "Version", "3,", "29"]
+    assert "any later version" in text
 
 
 def test_runtime_action_group_lists_every_module():

@@ -52,7 +52,7 @@ def by_code(findings):
 
 
 def with_traced_churn(facts, rep, seconds=5.0):
-    """A churn block as tcp_state_facts `trace` reports it (DESIGN.md `churn`), added to a recorded fixture.
+    """A churn block as tcp_state_facts `trace` reports it (docs/architecture.md `churn`), added to a recorded fixture.
 
     The trace collector (h7) is not recorded yet: the block is built from the scenario's own report,
     whose process made rep["count"] connections to its server port and closed each one first.
@@ -86,7 +86,7 @@ def with_traced_churn(facts, rep, seconds=5.0):
 
 
 def with_conntrack(facts, count, limit=262144, available=True):
-    """A conntrack block (DESIGN.md `conntrack`) added to a recorded fixture; the collector (h8) is not recorded
+    """A conntrack block (architecture.md `conntrack`) added to a recorded fixture; the collector (h8) is not recorded
     yet. States are split as a TIME_WAIT churn fills the table; timeouts are the kernel's defaults."""
     facts["conntrack"] = {
         "available": available,

@@ -20,7 +20,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATE
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
-# DESIGN.md, "Fact schema (ansible_facts.tcp_state, schema 1)": names are a contract.
+# docs/architecture.md, "The `tcp_state` fact (schema 1): a contract": names are a contract.
 SCHEMA_KEYS = [
     "schema",
     "collected_at",
@@ -252,13 +252,13 @@ def test_recorded_listen_overflow_facts_name_the_slow_acceptor():
     assert [finding["code"] for finding in facts["findings"]] == ["LISTEN_OVERFLOW"]
 
 
-# ---- the DESIGN.md contract, key by key --------------------------------------
+# ---- the docs/architecture.md contract, key by key ---------------------------
 
 NUMBER = (int, float)
 
 
 def check_contract(block):
-    """Every name of DESIGN.md's tcp_state schema, with its type and shape (extra keys are allowed)."""
+    """Every name of docs/architecture.md's tcp_state schema, with its type and shape (extra keys are allowed)."""
     assert block["schema"] == 1
     assert isinstance(block["collected_at"], str) and block["collected_at"].endswith("Z")
     assert block["source"] in ("netlink", "procfs")

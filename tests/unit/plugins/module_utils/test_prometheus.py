@@ -129,7 +129,7 @@ def test_controller_renders_what_the_host_writes(name):
 
 
 def _with_churn_and_conntrack(facts):
-    """The churn (trace) and conntrack blocks in the shape of DESIGN.md's tcp_state schema."""
+    """The churn (trace) and conntrack blocks in the shape of docs/architecture.md's tcp_state schema."""
     facts = copy.deepcopy(facts)
     facts["churn"] = {
         "source": "tracefs",

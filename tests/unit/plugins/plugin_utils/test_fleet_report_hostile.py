@@ -253,6 +253,33 @@ def test_every_renderer_survives_any_mutated_host(name, data, junk, host):
     check_every_renderer(report)
 
 
+def test_the_fast_check_takes_every_recorded_host():
+    # the recorded hosts must not fall back to the explaining walk, which is what costs time
+    for facts in RECORDED.values():
+        assert fr.FACTS_CHECK.ok(facts)
+        assert fr.FACTS_CHECK(facts, "") is None
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(NAMES), data=st.data(), junk=JUNK)
+@example(name="close_wait_leak", data=None, junk=True)
+@example(name="time_wait_churn", data=None, junk=float("inf"))
+def test_the_fast_check_is_never_laxer_than_the_explanation(name, data, junk):
+    """FACTS_CHECK.ok (generated from the schema) accepts nothing the explaining check refuses."""
+    facts = copy.deepcopy(RECORDED[name])
+    path = ("findings", 0, "evidence") if data is None else data.draw(st.sampled_from(PATHS[name]))
+    node = facts
+    for key in path[:-1]:
+        node = node[key]
+    if isinstance(node, list) and not node:
+        return
+    node[path[-1]] = junk
+    problem = fr.FACTS_CHECK(facts, "")
+    if fr.FACTS_CHECK.ok(facts):
+        assert problem is None, problem
+    assert (fr.check_facts(facts) == []) == (problem is None)
+
+
 # ---------------------------------------------------------------------------
 # item 6: host data is data, never markup
 
@@ -463,6 +490,22 @@ def _report_bytes(hosts, **extra):
         (b"\xff\xfe", "not a JSON report"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "total": NaN}'), "NaN"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(b"[]}", b'[], "x": 1e999}'), "1e999"),
+        # the same overflows without the tell-tale exponent, and in an encoding the byte scan cannot read
+        (
+            _report_bytes([{"name": "a", "status": "ok", "findings": []}]).replace(
+                b"[]}", b'[], "x": 1' + b"0" * 400 + b".0}"
+            ),
+            "not a JSON report",
+        ),
+        (
+            _report_bytes(
+                [{"name": "a", "status": "ok", "findings": [{"code": "X", "severity": "info", "evidence": {"r": 1}}]}]
+            )
+            .decode()
+            .replace('"r": 1', '"r": 9e999')
+            .encode("utf-16-le"),
+            "9e999",
+        ),
         (b"[" * 100000, "not a JSON report"),
         (_report_bytes([]).replace(b'"schema": 1', b'"schema": 2'), "report schema 2 is not 1"),
         (_report_bytes([{"name": "a", "status": "ok", "findings": {}}]), "hosts[0].findings"),
@@ -513,3 +556,16 @@ def test_merge_keeps_a_host_once_where_it_answered(tmp_path):
     fr.write_reports(fr.build_report(down), str(tmp_path / "b"), ["json"])
     merged_pairs, _offenders, _sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b")])
     assert [(e["name"], e["status"]) for e, _f in merged_pairs] == [("h1", "ok")]
+
+
+def test_merge_totals_only_the_tcp_states_of_a_host_without_total(tmp_path):
+    # the report check reads the TCP states only; any other key in states is ignored, never summed
+    states = {**dict.fromkeys(fr.STATES, 2), "x": "not a count"}
+    (tmp_path / "report.json").write_bytes(
+        _report_bytes([{"name": "h1", "status": "ok", "findings": [], "states": states}])
+    )
+    pairs, _offenders, _sources = fr.merge_reports([str(tmp_path)])
+    entry = pairs[0][0]
+    assert entry["total"] == 2 * len(fr.STATES)
+    assert entry["states"] == dict.fromkeys(fr.STATES, 2)
+    check_every_renderer(fr.build_report(pairs))

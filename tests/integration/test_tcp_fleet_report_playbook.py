@@ -22,10 +22,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FIXTURES = ROOT / "tests" / "unit" / "plugins" / "plugin_utils" / "fixtures"
 RECORDED = ("close_wait_leak", "time_wait_churn", "clean")
+ANSIBLE_DIRS = {
+    "ANSIBLE_HOME": ROOT / ".build" / "ansible-home",
+    "ANSIBLE_REMOTE_TMP": ROOT / ".build" / "ansible-home" / "remote-tmp",
+}
 
 # each test runs ansible-playbook
 pytestmark = pytest.mark.slow
@@ -39,6 +43,8 @@ def playbook(*args, cwd=None) -> subprocess.CompletedProcess:
         ANSIBLE_NOCOLOR="1",
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
     )
+    for name, path in ANSIBLE_DIRS.items():  # never the user's ~/.ansible (make exports the same)
+        env.setdefault(name, str(path))
     return subprocess.run(
         [str(BIN / "ansible-playbook"), *args],
         capture_output=True,

@@ -1,7 +1,10 @@
 # Copyright: netstate.tcp contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""playbooks/templates/gate_table.j2 rendered by a real ansible-playbook run, as gate.yml renders it."""
+"""playbooks/templates/gate_table.j2 rendered by a real ansible-playbook run, as gate.yml renders it.
+
+An integration test: make unit runs without ansible-playbook.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "playbooks" / "templates" / "gate_table.j2"
 
 RESULTS = {
