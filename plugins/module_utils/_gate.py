@@ -21,6 +21,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils import _diag_filter a
 from ansible_collections.netstate.tcp.plugins.module_utils import _netlink as cs
 from ansible_collections.netstate.tcp.plugins.module_utils import _netns, _owners, _socket_counter
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import severity_rank
+from ansible_collections.netstate.tcp.plugins.module_utils._text import one_line
 
 RATIO_PATHS = {
     # option name -> (pressure key, ratio key) in the tcp_state facts
@@ -498,7 +499,8 @@ def breach_paragraph(result, waited=None, samples=1):
     head = f"TCP gate failed {len(failed)} of {len(result['checks'])} checks"
     if waited:
         head += f" after waiting {waited:g}s ({samples} samples)"
-    return head + ": " + ". ".join(sentences) + "."
+    # process names and summaries come from the host (a process names itself): one line, no escape sequences
+    return one_line(head + ": " + ". ".join(sentences) + ".")
 
 
 # ---- sampling and polling -----------------------------------------------------------

@@ -53,6 +53,8 @@ MAX_ORPHANS = 2**31 - 1
 MAX_FILE_BYTES = 1 << 20
 MAX_PATH_CHARS = 4096  # PATH_MAX
 MAX_LOCK_TIMEOUT = 3600
+# tcp_orphan_retries is a u8 (proc_dou8vec_minmax): the kernel refuses 256 and up with EINVAL
+MAX_ORPHAN_RETRIES = 255
 LOCK_POLL_SECONDS = 0.05
 
 REFUSED = {
@@ -376,9 +378,10 @@ def check_orphan_cap(params):
     if cap["memory_mb"] < 1 or cap["memory_mb"] * 1024 // ORPHAN_KIB > MAX_ORPHANS:
         most = MAX_ORPHANS * ORPHAN_KIB // 1024
         raise SysctlError(f"orphan_cap: memory_mb must be 1 to {most} (got {cap['memory_mb']})")
-    if cap["retries"] < 1:
+    if not 1 <= cap["retries"] <= MAX_ORPHAN_RETRIES:
         raise SysctlError(
-            f"orphan_cap: retries must be >= 1 (tcp_orphan_retries 0 means 8 in the kernel) (got {cap['retries']})"
+            f"orphan_cap: retries must be 1 to {MAX_ORPHAN_RETRIES} (tcp_orphan_retries 0 means 8 in the kernel, "
+            f"and it holds one byte) (got {cap['retries']})"
         )
 
 

@@ -101,7 +101,9 @@ options:
         type: int
         required: true
       retries:
-        description: C(tcp_orphan_retries) to set, at least 1 (0 means 8 in the kernel, so it is refused).
+        description:
+          - C(tcp_orphan_retries) to set, from 1 to 255 (0 means 8 in the kernel, so it is refused; the kernel
+            holds it in one byte).
         type: int
         default: 2
   keep_existing:

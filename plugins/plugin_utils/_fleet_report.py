@@ -29,6 +29,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVE
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import SCHEMA as FACTS_SCHEMA
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._prometheus import pressure_figures, render_metrics
+from ansible_collections.netstate.tcp.plugins.module_utils._text import one_line
 
 REPORT_SCHEMA = 1
 STATUSES = ("ok", "malformed", "failed", "unreachable")
@@ -1048,15 +1049,6 @@ def _hosts(count: int) -> str:
 
 def _finding_codes(entry):
     return sorted({f["code"] for f in entry["findings"]})
-
-
-# control characters (newlines, escape sequences) and the Unicode line and paragraph separators
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def one_line(value) -> str:
-    """Host text on one terminal or table line: every control character becomes a space."""
-    return _CONTROL.sub(" ", "" if value is None else str(value))
 
 
 def render_json(report: dict) -> str:

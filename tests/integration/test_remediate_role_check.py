@@ -18,7 +18,8 @@ ROLE = Path(__file__).resolve().parents[2] / "roles" / "remediate"
 @pytest.mark.parametrize(
     ("orphan_cap", "fragment"),
     [
-        ({"memory_mb": 1024, "retries": 0}, "orphan_cap: retries must be >= 1 (tcp_orphan_retries 0 means 8"),
+        ({"memory_mb": 1024, "retries": 0}, "orphan_cap: retries must be 1 to 255 (tcp_orphan_retries 0 means 8"),
+        ({"memory_mb": 1024, "retries": 256}, "orphan_cap: retries must be 1 to 255"),
         ({"memory_mb": -5}, "orphan_cap: memory_mb must be 1 to"),
     ],
 )

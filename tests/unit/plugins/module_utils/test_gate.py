@@ -449,3 +449,14 @@ def test_a_count_only_sample_dumps_the_gated_states_once(established_pairs, kern
     _facts_dict, breakdown = _gate.sample_host(spec(ports={port: {"established": 1}}), None, detailed=False)
     assert sorted(kernel_calls["dumps"]) == ["ipv4", "ipv6"] and kernel_calls["walks"] == 0
     assert breakdown["states"]["ESTABLISHED"]["ports"] == {port: 3}  # the kernel filtered the other ports
+
+
+@pytest.mark.parametrize("comm", [b"\x1b[2J\x1b[H", b"ok\nPASSED", b"a\rb\x7f\xc2\x85c", "x\u2028y".encode()])
+def test_breach_paragraph_is_one_line_whatever_a_process_is_named(comm):
+    # a process picks its own comm (prctl PR_SET_NAME): escape sequences and newlines must not reach the terminal
+    facts, breakdown, report = load("close_wait_leak")
+    breakdown["comm"][report["pid"]] = comm
+    result = _gate.evaluate(spec(max={"close_wait": 1}, processes={"a\nb": {"close_wait": 0}}), facts, breakdown)
+    message = _gate.breach_paragraph(result)
+    assert f"held by pid {report['pid']} (" in message
+    assert not [char for char in message if ord(char) < 32 or 127 <= ord(char) < 160 or char in "\u2028\u2029"]

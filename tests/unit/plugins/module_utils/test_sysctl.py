@@ -573,7 +573,8 @@ def test_orphan_cap_and_explicit_keys_win_over_profiles(initial_proc, conf):
     [
         ({"memory_mb": 0}, "memory_mb must be 1 to"),
         ({"memory_mb": 2**40}, "memory_mb must be 1 to"),
-        ({"memory_mb": 64, "retries": 0}, "retries must be >= 1 (tcp_orphan_retries 0 means 8"),
+        ({"memory_mb": 64, "retries": 0}, "retries must be 1 to 255 (tcp_orphan_retries 0 means 8"),
+        ({"memory_mb": 64, "retries": 256}, "retries must be 1 to 255"),
     ],
 )
 def test_bad_orphan_cap_names_the_option(lab_proc, conf, cap, message):

@@ -6,7 +6,8 @@
 argument_spec(module)       the keyword arguments main() passes to AnsibleModule (captured, main() stopped there)
 assert_options_documented(documented, spec)   DOCUMENTATION options and argument_spec name the same options
                             with the same type, default, choices and elements
-run_module(module, args)    the module run as Ansible runs it: a subprocess given ANSIBLE_MODULE_ARGS;
+run_module(module, args)    the module run as Ansible runs it: a subprocess given ANSIBLE_MODULE_ARGS on stdin
+                            (never on the command line, which the OS limits: huge payloads must reach the module);
                             asserts that no traceback reached stderr and returns the parsed result
 """
 
@@ -55,7 +56,9 @@ def run_module(module, args, check=False, diff=False, timeout=120):
     payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
-        [sys.executable, "-m", module.__name__, json.dumps(payload)],
+        # AnsibleModule reads its arguments from stdin when given no argv: no ARG_MAX/"File name too long" limit
+        [sys.executable, "-m", module.__name__],
+        input=json.dumps(payload),
         capture_output=True,
         text=True,
         env=env,
