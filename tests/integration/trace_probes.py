@@ -32,7 +32,10 @@ except _trace.TraceUnavailable as err:
 churn = {str(i): trace.for_namespace(i, None, 10) for i in inodes}
 usage = resource.getrusage(resource.RUSAGE_SELF)
 cpu = usage.ru_utime + usage.ru_stime
-print(json.dumps({"churn": churn, "warnings": warnings, "maxrss_kib": usage.ru_maxrss, "cpu_seconds": cpu}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so it would report the parent's peak
+with open("/proc/self/status") as status:
+    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"churn": churn, "warnings": warnings, "maxrss_kib": hwm, "cpu_seconds": cpu}))
 """
 
 _LOOK = (
