@@ -32,7 +32,7 @@ import select
 import signal
 import time
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _owners
+from ansible_collections.netstate.tcp.plugins.module_utils import _netlink, _owners
 
 PROC = "/proc"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -68,32 +68,20 @@ OUTPUT_OPTIONS = (
     ("latency-format", "0"),
 )
 
-# include/net/tcp_states.h
-TCP_STATE_NUMBERS = {
-    "TCP_ESTABLISHED": 1,
-    "TCP_SYN_SENT": 2,
-    "TCP_SYN_RECV": 3,
-    "TCP_FIN_WAIT1": 4,
-    "TCP_FIN_WAIT2": 5,
-    "TCP_TIME_WAIT": 6,
-    "TCP_CLOSE": 7,
-    "TCP_CLOSE_WAIT": 8,
-    "TCP_LAST_ACK": 9,
-    "TCP_LISTEN": 10,
-    "TCP_CLOSING": 11,
-    "TCP_NEW_SYN_RECV": 12,
-}
+# The kernel's names in trace lines (show_tcp_state_name): TCP_ and the one state table of _netlink.
+TCP_STATE_NUMBERS = {"TCP_" + name: number for name, number in _netlink.STATE_NUMBERS.items()}
 IPPROTO_TCP = 6
 
 # The transitions copied out of the kernel, (oldstate, newstate) -> what they count.
 # connect() moves CLOSE -> SYN_SENT and close()/shutdown() ESTABLISHED -> FIN_WAIT1 (active close)
 # or CLOSE_WAIT -> LAST_ACK (passive close), all in the calling task. ESTABLISHED -> CLOSE_WAIT is
 # raised where the peer's FIN is received: usually softirq, i.e. in an arbitrary task.
+_ST = _netlink.STATE_NUMBERS
 TRANSITIONS = {
-    (7, 2): "connects",
-    (1, 4): "active_closes",
-    (8, 9): "passive_closes",
-    (1, 8): "peer_closes",
+    (_ST["CLOSE"], _ST["SYN_SENT"]): "connects",
+    (_ST["ESTABLISHED"], _ST["FIN_WAIT1"]): "active_closes",
+    (_ST["CLOSE_WAIT"], _ST["LAST_ACK"]): "passive_closes",
+    (_ST["ESTABLISHED"], _ST["CLOSE_WAIT"]): "peer_closes",
 }
 KINDS = ("connects", "active_closes", "passive_closes", "peer_closes")
 EVENT_FILTER = (
