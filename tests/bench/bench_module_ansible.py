@@ -60,7 +60,7 @@ def run() -> str:
         }
         _timed(cases["ss | awk"], env)  # warm-up: host key, control socket, byte code
         took = {name: [] for name in cases}
-        for _ in range(RUNS):
+        for _round in range(RUNS):
             for name, cmd in cases.items():
                 took[name].append(_timed(cmd, env))
         total = sum(scenario.report["expected"].values())

@@ -174,7 +174,7 @@ def test_concurrent_textfile_writes_on_one_host_stay_whole(ssh_lab, ansible_env,
         runs += [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
         deadline = time.monotonic() + 180
         for run in runs:
-            out, _ = run.communicate(timeout=max(1, deadline - time.monotonic()))
+            out, _err = run.communicate(timeout=max(1, deadline - time.monotonic()))
             assert run.returncode == 0, out
         text = target.read_text()
         assert text.endswith("\n") and "# TYPE" in text

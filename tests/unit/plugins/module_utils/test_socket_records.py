@@ -269,7 +269,7 @@ def test_uniform_datagram_with_one_flagged_message_reports_the_interruption():
     status = nl.DumpStatus()
     rows = [row for batch in nl.decode_batches([bytes(data), _end_chunk()], "ipv4", status=status) for row in batch]
     assert status.interrupted
-    assert len(rows) == len(data) // length + sum(1 for _ in nl.decode_diag_stream([_end_chunk()], "ipv4"))
+    assert len(rows) == len(data) // length + sum(1 for _message in nl.decode_diag_stream([_end_chunk()], "ipv4"))
 
 
 def test_uniform_datagram_with_a_message_of_another_type_is_not_taken_as_rows():
