@@ -23,6 +23,7 @@ SHIPPED = {
     "MANIFEST.json",
     "FILES.json",
     "README.md",
+    "CHANGELOG.rst",
     "requirements.txt",
     "bindep.txt",
     "meta",
