@@ -208,7 +208,9 @@ def ansiballz(args, workdir):
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
         ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
         ANSIBLE_KEEP_REMOTE_FILES="1",
+        # both names: the Makefile exports ANSIBLE_REMOTE_TMP, which would win over ANSIBLE_REMOTE_TEMP
         ANSIBLE_REMOTE_TEMP=str(keep),
+        ANSIBLE_REMOTE_TMP=str(keep),
     )
     subprocess.run(
         [str(VENV_BIN / "ansible"), "localhost", "-m", "netstate.tcp.tcp_state_facts", "-a", json.dumps(args)],
