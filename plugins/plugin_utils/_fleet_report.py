@@ -548,7 +548,7 @@ def _list_only(value, path):
 
 
 FINDING_CHECK = _finding_check(_json_mapping)
-# a report read back went through load_report's JSON parser, which refuses NaN and infinity and gives
+# a report read back went through _parse_report's JSON parser, which refuses NaN and infinity and gives
 # only string keys: its evidence needs no walk (the bench merges 100,000 hosts' evidence)
 REPORT_FINDING_CHECK = _finding_check(_mapping_only)
 FACTS_CHECK = _record(
