@@ -303,14 +303,20 @@ def test_walker_records_cut_short_are_refused():
         assert co._decode_records(data) is None
 
 
-def _listening_sockets(count):
+@pytest.fixture
+def own_listeners():
+    """The inodes of three listening sockets of this process (closed afterwards)."""
     socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        socks.append(sock)
-    return socks
+    try:
+        for _ in range(3):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+        yield {os.fstat(sock.fileno()).st_ino for sock in socks}
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _children_of_this_process():
@@ -322,41 +328,28 @@ def _children_of_this_process():
 
 
 @needs_fd_count
-def test_walkers_beside_the_dump_give_the_pass_in_process_answer(monkeypatch):
+def test_walkers_beside_the_dump_give_the_pass_in_process_answer(monkeypatch, own_listeners):
     monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)  # this host has too few fds to start walkers by itself
-    socks = _listening_sockets(5)
+    scan = co.start_scan()
     try:
-        wanted = {os.fstat(sock.fileno()).st_ino for sock in socks}
-        scan = co.start_scan()
-        try:
-            assert isinstance(scan, co._ScanBeside) and 1 <= len(scan.walkers) <= co.WALKERS
-            held = scan.result(wanted | {1}, [])
-        finally:
-            scan.close()
-        assert held == co.scan_socket_fds(wanted | {1}) == {os.getpid(): sorted(wanted)}
-        assert _children_of_this_process() in (None, [])  # every walker reaped
+        assert isinstance(scan, co._ScanBeside) and 1 <= len(scan.walkers) <= co.WALKERS
+        held = scan.result(own_listeners | {1}, [])
     finally:
-        for sock in socks:
-            sock.close()
+        scan.close()
+    assert held == co.scan_socket_fds(own_listeners | {1}) == {os.getpid(): sorted(own_listeners)}
+    assert _children_of_this_process() in (None, [])  # every walker reaped
 
 
 @needs_fd_count
-def test_a_walker_that_dies_leaves_the_pass_to_the_caller(monkeypatch):
+def test_a_walker_that_dies_leaves_the_pass_to_the_caller(monkeypatch, own_listeners):
     monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)
-    socks = _listening_sockets(2)
+    scan = co.start_scan()
     try:
-        wanted = {os.fstat(sock.fileno()).st_ino for sock in socks}
-        scan = co.start_scan()
-        try:
-            os.kill(scan.walkers[0].pid, co.signal.SIGKILL)
-            warnings = []
-            held = scan.result(wanted, warnings)
-        finally:
-            scan.close()
-        assert held == {os.getpid(): sorted(wanted)}
+        os.kill(scan.walkers[0].pid, co.signal.SIGKILL)
+        held = scan.result(own_listeners, [])
     finally:
-        for sock in socks:
-            sock.close()
+        scan.close()
+    assert held == {os.getpid(): sorted(own_listeners)}
 
 
 @needs_fd_count
