@@ -14,6 +14,7 @@ temporary file. Python stdlib only (runs on managed nodes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -76,10 +77,8 @@ class AtomicFileWriter:
     @staticmethod
     def discard(tmp):
         """Remove a staged file that will not be committed (best effort: it may be gone already)."""
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
     def write(self, path, text):
         """Put ``text`` in ``path``, all or nothing."""

@@ -90,15 +90,7 @@ DUMP_ATTEMPTS = 3  # dumps tried while the kernel flags them NLM_F_DUMP_INTR
 
 
 # The block of a namespace without a conntrack table (also what `conntrack: false` reports): every figure null.
-UNAVAILABLE_BLOCK = {
-    "available": False,
-    "source": None,
-    "count": None,
-    "max": None,
-    "ratio": None,
-    "states": None,
-    "timeouts": None,
-}
+UNAVAILABLE_BLOCK = {"available": False, **dict.fromkeys(("source", "count", "max", "ratio", "states", "timeouts"))}
 
 
 class ConntrackUnavailable(DiagUnavailable):
