@@ -53,7 +53,11 @@ options:
   owners:
     description:
       - TCP states whose sockets get their owning processes named in RV(ansible_facts.tcp_state.owners), found
-        with one pass over C(/proc/<pid>/fd), made only when sockets in these states exist.
+        with one pass over C(/proc/<pid>/fd) that reads every fd of every process, so each holder of a shared
+        socket is named. A process counts a socket once, however many of its fds refer to it.
+      - On a host with 20,000 open fds or more (Linux 6.2 or later, two or more CPUs) two forked processes make
+        the pass while the sockets are dumped; otherwise it follows the dump, and only when sockets in these
+        states exist.
       - State names are case-insensitive and may use C(-) for C(_) (V(close-wait) is V(CLOSE_WAIT)). Valid states
         are V(ESTABLISHED), V(SYN_SENT), V(SYN_RECV), V(FIN_WAIT1), V(FIN_WAIT2), V(TIME_WAIT), V(CLOSE),
         V(CLOSE_WAIT), V(LAST_ACK), V(LISTEN), V(CLOSING), V(NEW_SYN_RECV).
