@@ -89,6 +89,10 @@ MAX_SYSCTL_VALUE = (1 << 63) - 1  # these sysctls are int or unsigned long in th
 DUMP_ATTEMPTS = 3  # dumps tried while the kernel flags them NLM_F_DUMP_INTR
 
 
+# The block of a namespace without a conntrack table (also what `conntrack: false` reports): every figure null.
+UNAVAILABLE_BLOCK = {"available": False, **dict.fromkeys(("source", "count", "max", "ratio", "states", "timeouts"))}
+
+
 class ConntrackUnavailable(DiagUnavailable):
     """ctnetlink cannot be used here (permission, kernel without it)."""
 
@@ -378,26 +382,22 @@ def read_table_figures(proc_root="/proc", warnings=None):
     return True, count, limit, timeouts
 
 
-def collect_conntrack(proc_root="/proc", sys_root="/sys", modules_root="/lib/modules", dump=None):
+def collect_conntrack(proc_root="/proc", sys_root="/sys", modules_root="/lib/modules", dump=None, wanted=True):
     """The ``tcp_state.conntrack`` block of the calling thread's namespace, and warnings.
 
     Returns ``({available, source, count, max, ratio, states, timeouts}, [warnings])``.
-    ``available`` false (all figures None) when nf_conntrack is not loaded.
+    ``available`` false (all figures None) when nf_conntrack is not loaded, and when not
+    ``wanted`` (tcp_state_facts' ``conntrack: false``): then nothing is read and no socket
+    is opened, and the block is the same as a namespace without a table.
     ``source`` is "ctnetlink" when the states come from a dump, None when they could
     not be read (states None, a warning says why).  ``ratio`` is count / max (None when
     max is 0: no limit).  ``dump`` replaces :func:`dump_ctnetlink` (tests).
     """
+    if not wanted:
+        return dict(UNAVAILABLE_BLOCK), []
     warnings = []
     available, count, limit, timeouts = read_table_figures(proc_root, warnings)
-    block = {
-        "available": available,
-        "source": None,
-        "count": count,
-        "max": limit,
-        "ratio": None,
-        "states": None,
-        "timeouts": timeouts,
-    }
+    block = {**UNAVAILABLE_BLOCK, "available": available, "count": count, "max": limit, "timeouts": timeouts}
     if not available:
         return block, warnings
     if count is not None and limit:

@@ -20,9 +20,14 @@ only for display, with invalid bytes replaced.
 
 from __future__ import annotations
 
+import array
 import os
 import pwd
 import re
+import signal
+import struct
+import sys
+import threading
 
 PROC = "/proc"
 CMDLINE_MAX = 200
@@ -184,78 +189,330 @@ class _AllInodes:
 ALL_SOCKETS = _AllInodes()
 
 
-def _socket_inodes(dir_fd, wanted):
-    """Inodes in `wanted` among the socket fds of one open /proc/<pid>/fd directory."""
-    found = []
+# Since Linux 6.2 stat() of /proc/<pid>/fd reports the number of open fds as st_size (before: 0).
+FD_COUNT_KERNEL = (6, 2)
+# consecutive absent fd numbers after which the probe lists the directory instead (sparse fd tables)
+PROBE_MISSES = 1024
+# a host with fewer fds than this is walked after the dump, in the module's process (a few hundredths of a second)
+OVERLAP_MIN_FDS = 20000
+_SOCKET_PREFIX = b"socket:["
+
+
+def _kernel_counts_fds(release=None):
+    """Whether this kernel reports /proc/<pid>/fd's open-fd count as its size."""
+    release = release if release is not None else os.uname().release
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) >= FD_COUNT_KERNEL
+
+
+def _socket_inode(link):
+    """The inode of a `socket:[12345]` link (bytes), else None."""
+    if link[:8] == _SOCKET_PREFIX and link[-1:] == b"]" and link[8:-1].isdigit():
+        return int(link[8:-1])
+    return None
+
+
+def _fd_links(dir_fd, count):
+    """The link of every fd of one open /proc/<pid>/fd directory, as bytes.
+
+    count: the directory's open-fd count from the kernel, or 0 when unknown.  With a count the
+    fd numbers are probed upwards (fds are allocated lowest first, so tables are dense) until
+    that many links are read: no directory listing, whose getdents costs about as much as the
+    links themselves.  After PROBE_MISSES absent numbers in a row the directory is listed and
+    the numbers above the probe are read from it.
+    """
     readlink = os.readlink
+    links = []
+    number = misses = 0
+    while len(links) < count:
+        if misses >= PROBE_MISSES:
+            names = sorted(int(name) for name in os.listdir(dir_fd) if name.isdigit() and int(name) >= number)
+            for name in names:
+                try:
+                    links.append(readlink(b"%d" % name, dir_fd=dir_fd))
+                except OSError:
+                    continue  # closed meanwhile
+            return links
+        try:
+            links.append(readlink(b"%d" % number, dir_fd=dir_fd))
+            misses = 0
+        except OSError:
+            misses += 1
+        number += 1
+    if count:
+        return links
     for name in os.listdir(dir_fd):
         try:
-            link = readlink(name, dir_fd=dir_fd)
+            links.append(readlink(name.encode(), dir_fd=dir_fd))
         except OSError:
             continue
-        # socket:[12345]
-        if link.startswith("socket:[") and link[8:-1].isdigit():
-            inode = int(link[8:-1])
-            if inode in wanted:
-                found.append(inode)
-    return found
+    return links
 
 
-def _process_socket_inodes(proc, pid, wanted):
-    """(inodes, denied) for one process; ([], False) when it exited meanwhile."""
+def _socket_inodes(dir_fd, count=0):
+    """The set of socket inodes among the fds of one open /proc/<pid>/fd directory."""
+    inodes = set()
+    for link in _fd_links(dir_fd, count):
+        inode = _socket_inode(link)
+        if inode is not None:
+            inodes.add(inode)
+    return inodes
+
+
+def _process_socket_inodes(proc, pid, counts_fds):
+    """(socket inodes, denied) for one process; (empty, False) when it exited meanwhile."""
     # Links read relative to the open fd/ directory: the kernel does not walk
     # /proc/<pid>/fd again for every fd (about a third faster at 10k fds).
     try:
         dir_fd = os.open(os.path.join(proc, str(pid), "fd"), os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError:
-        return [], True
+        return set(), True
     except OSError:
-        return [], False  # the process exited meanwhile
+        return set(), False  # the process exited meanwhile
     try:
-        return _socket_inodes(dir_fd, wanted), False
+        return _socket_inodes(dir_fd, os.fstat(dir_fd).st_size if counts_fds else 0), False
     except OSError:
-        return [], False
+        return set(), False
     finally:
         os.close(dir_fd)
 
 
-def scan_socket_fds(wanted, proc=PROC, warnings=None, pids=None):
-    """One pass over /proc/*/fd: {pid: [inode, ...]} for the inodes in `wanted`.
+def _all_pids(proc):
+    return [int(entry) for entry in os.listdir(proc) if entry.isdigit()]
 
-    Why the pass reads every fd of every process (measured, 20k socket fds): the
-    readlink system calls are about 80% of its CPU time, the Python work per fd the
-    rest, so trimming that work changes nothing measurable; two threads (split by
-    process or by the fds of one process) took as long as one.  What would read fewer
-    links changes results, so it is not done: stopping once every wanted inode is
-    found loses the other holders of a shared socket (forked workers), and skipping
-    processes by uid loses every process that holds a socket created under another
-    uid (a daemon that binds as root and then drops privileges with setuid, whose
-    accepted sockets keep the listener's uid, or an fd passed with SCM_RIGHTS), even
-    when the process's real, effective, saved and fs uids are all compared.
 
-    wanted: a set of socket inodes, or ALL_SOCKETS for every socket fd.
-    pids: only these processes (default: every process).
-    Processes whose fds cannot be listed (another user's, without root) are
-    counted in one warning; processes that exit during the pass are skipped.
-    """
-    warnings = warnings if warnings is not None else []
-    held = {}
-    if not wanted:
-        return held
-    if pids is None:
-        pids = (int(entry) for entry in os.listdir(proc) if entry.isdigit())
-    denied = 0
+def _walk(proc, pids, counts_fds):
+    """({pid: set of socket inodes}, denied processes) of one pass over the given processes."""
+    held, denied = {}, 0
     for pid in pids:
-        found, refused = _process_socket_inodes(proc, pid, wanted)
+        inodes, refused = _process_socket_inodes(proc, pid, counts_fds)
         denied += refused
-        if found:
-            held[pid] = found
+        if inodes:
+            held[pid] = inodes
+    return held, denied
+
+
+def _denied_warning(denied, warnings):
     if denied:
         warnings.append(
             f"owners: could not read /proc/<pid>/fd of {denied} processes (permission denied); "
             "owners and listener owners may be incomplete"
         )
-    return held
+
+
+def _wanted_only(held, wanted):
+    """{pid: [inode]} of the wanted inodes among the held ones (sorted: the output does not depend on hashing)."""
+    if wanted is ALL_SOCKETS:
+        return {pid: sorted(inodes) for pid, inodes in held.items()}
+    result = {}
+    for pid, inodes in held.items():
+        found = inodes.intersection(wanted)
+        if found:
+            result[pid] = sorted(found)
+    return result
+
+
+def scan_socket_fds(wanted, proc=PROC, warnings=None, pids=None):
+    """One pass over /proc/*/fd: {pid: [inode, ...]} for the inodes in `wanted`.
+
+    Every fd of every process is read, so a socket shared by several processes (forked workers,
+    an fd passed with SCM_RIGHTS) names each of them, whatever uid created it.  Reading fewer links
+    would change results: stopping once every wanted inode is found loses the other holders of a
+    shared socket, and skipping processes by uid loses a daemon that binds as root and then drops
+    privileges (its accepted sockets keep the listener's uid).  The readlink system calls are
+    about 80% of the pass's CPU; on Linux 6.2+ the fd numbers are probed from the kernel's open-fd
+    count instead of listing each directory (about 35% cheaper), and tcp_state_facts overlaps the
+    pass with its socket dump (start_scan).
+
+    wanted: a set of socket inodes, or ALL_SOCKETS for every socket fd.
+    pids: only these processes (default: every process).
+    Each process lists a socket once, however many of its fds refer to it.
+    Processes whose fds cannot be listed (another user's, without root) are
+    counted in one warning; processes that exit during the pass are skipped.
+    """
+    warnings = warnings if warnings is not None else []
+    if not wanted:
+        return {}
+    if pids is None:
+        pids = _all_pids(proc)
+    held, denied = _walk(proc, pids, proc == PROC and _kernel_counts_fds())
+    _denied_warning(denied, warnings)
+    return _wanted_only(held, wanted)
+
+
+class _ScanLater:
+    """A pass made when its result is asked for (few fds, or no process could be started)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def result(self, wanted, warnings=None):
+        return scan_socket_fds(wanted, self.proc, warnings)
+
+    def close(self):
+        pass
+
+
+_RECORD = struct.Struct("=iI")  # pid (-1 ends the stream: then the count is the denied processes), inode count
+# at most this many walkers: the pass overlaps the dump on a second CPU; more would only crowd a busy host
+WALKERS = 2
+
+
+class _Walker:
+    """One forked child reading the socket fds of `pids`; its (pid, inodes) records come through a pipe.
+
+    The child writes nothing else anywhere (the module's result goes to stdout) and ends with os._exit.
+    """
+
+    def __init__(self, proc, pids, counts_fds):
+        read_end, write_end = os.pipe()
+        try:
+            self.pid = os.fork()
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
+        if self.pid == 0:
+            status = 1
+            try:
+                os.close(read_end)
+                held, denied = _walk(proc, pids, counts_fds)
+                chunks = []
+                for pid, inodes in held.items():
+                    chunks.append(_RECORD.pack(pid, len(inodes)))
+                    chunks.append(array.array("Q", inodes).tobytes())
+                chunks.append(_RECORD.pack(-1, denied))
+                data = memoryview(b"".join(chunks))
+                while data:
+                    data = data[os.write(write_end, data) :]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self.read_end = read_end
+
+    def collect(self):
+        """({pid: set of inodes}, denied), or None when the child failed or its records are cut short."""
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(self.read_end, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.read_end)
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+        return _decode_records(b"".join(chunks)) if status == 0 else None
+
+    def close(self):
+        """End the child when collect() was never called (the caller's dump failed)."""
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        os.close(self.read_end)
+        os.waitpid(self.pid, 0)
+        self.pid = None
+
+
+def _decode_records(data):
+    """({pid: set of inodes}, denied) from a walker's records, or None when they are cut short."""
+    held, offset = {}, 0
+    while offset + _RECORD.size <= len(data):
+        pid, count = _RECORD.unpack_from(data, offset)
+        offset += _RECORD.size
+        if pid == -1:
+            return (held, count) if offset == len(data) else None
+        end = offset + 8 * count
+        if end > len(data):
+            return None
+        inodes = array.array("Q")
+        inodes.frombytes(data[offset:end])
+        held[pid] = set(inodes)
+        offset = end
+    return None
+
+
+class _ScanBeside:
+    """A pass made by forked walkers while the caller dumps sockets; result() collects it.
+
+    When a walker fails, result() makes the whole pass in the caller's process instead.
+    """
+
+    def __init__(self, proc, shares, counts_fds):
+        self.proc, self.walkers = proc, []
+        sys.stdout.flush()  # nothing buffered may be written twice (the module's result goes to stdout)
+        sys.stderr.flush()
+        try:
+            for pids in shares:
+                self.walkers.append(_Walker(proc, pids, counts_fds))
+        except BaseException:
+            self.close()
+            raise
+
+    def result(self, wanted, warnings=None):
+        warnings = warnings if warnings is not None else []
+        held, denied, failed = {}, 0, False
+        for walker in self.walkers:
+            decoded = walker.collect()
+            if decoded is None:
+                failed = True
+                continue
+            held.update(decoded[0])
+            denied += decoded[1]
+        if failed:
+            return scan_socket_fds(wanted, self.proc, warnings)
+        _denied_warning(denied, warnings)
+        return _wanted_only(held, wanted) if wanted else {}
+
+    def close(self):
+        for walker in self.walkers:
+            walker.close()
+
+
+def _shares(sized, count):
+    """`count` lists of pids with about equal fd counts (largest processes first, each to the lightest list)."""
+    shares = [[] for _ in range(count)]
+    loads = [0] * count
+    for fds, pid in sorted(sized, reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(pid)
+        loads[lightest] += fds + 1
+    return [share for share in shares if share]
+
+
+def start_scan(proc=PROC):
+    """Start the host's /proc/*/fd pass; `.result(wanted, warnings)` gives scan_socket_fds' answer.
+
+    On a host with many fds (OVERLAP_MIN_FDS, counted from the kernel's per-process fd counts of
+    Linux 6.2+) and more than one CPU, WALKERS forked children make the pass while the caller
+    dumps the sockets, so the pass, which is mostly readlink system calls (about 7 us per fd),
+    overlaps the dump instead of following it.  Otherwise, or where the counts are unknown, no
+    process is started and the pass is made when its result is asked for.  Call `.close()` in a
+    finally.  Processes started after this call are not read: they did not hold the dumped
+    sockets' fds when the dump began.
+    """
+    counts_fds = proc == PROC and _kernel_counts_fds()
+    # a fork copies the locks other threads hold but not the threads (Python 3.12 warns about such forks)
+    if not counts_fds or (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not hasattr(os, "fork"):
+        return _ScanLater(proc)
+    sized = []
+    for pid in _all_pids(proc):
+        try:
+            fds = os.stat(os.path.join(proc, str(pid), "fd")).st_size
+        except OSError:
+            fds = 0  # gone, or another user's: the pass counts it
+        sized.append((fds, pid))
+    if sum(fds for fds, _pid in sized) < OVERLAP_MIN_FDS:
+        return _ScanLater(proc)
+    try:
+        return _ScanBeside(proc, _shares(sized, WALKERS), counts_fds)
+    except OSError:
+        return _ScanLater(proc)  # no process could be started (EAGAIN, ENOMEM)
 
 
 def find_owners(owner_inodes, listener_inodes=(), *, top=10, proc=PROC, warnings=None, held=None):

@@ -15,12 +15,10 @@ for a finite int or float, so no value can add or break a line.
 from __future__ import annotations
 
 import datetime
-import errno
 import math
 import os
-import stat
-import tempfile
 
+from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import AtomicFileWriter
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import SEVERITIES, severity_rank
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 
@@ -270,30 +268,8 @@ def write_textfile(path: str, text: str, atomic_move) -> None:
 
     atomic_move is AnsibleModule.atomic_move: the temporary file sits in the same directory and is renamed
     over the target, so node_exporter never reads half a file and concurrent runs never mix their content.
+    A symlink or a directory at `path` is never replaced (OSError): the path names a file this module owns.
     """
-    directory = os.path.dirname(path)
-    _make_directories(directory)
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):
-        # a symlink or a directory is never replaced: the path names a file this module owns
-        raise OSError(f"{path} exists and is not a regular file")
+    _make_directories(os.path.dirname(path))
     # the temporary name must not end in .prom: node_exporter would scrape the half-written file
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".netstate_tcp.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(text.encode("utf-8"))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, TEXTFILE_MODE)
-        try:
-            atomic_move(temporary, path)
-        except Exception as exc:  # atomic_move raises a bare Exception on ansible-core >= 2.19
-            raise OSError(errno.EIO, f"cannot replace {path}: {exc}") from exc
-        # atomic_move keeps an existing file's mode, or applies the umask to a new one
-        os.chmod(path, TEXTFILE_MODE)
-    finally:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
+    AtomicFileWriter(atomic_move, mode=TEXTFILE_MODE, prefix=".netstate_tcp.", suffix=".tmp").write(path, text)

@@ -17,9 +17,9 @@ import json
 import os
 import re
 import stat
-import tempfile
 import time
 
+from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import AtomicFileWriter
 from ansible_collections.netstate.tcp.plugins.module_utils._remediation import (
     FINDING_PROFILES,
     NOT_SYSCTL,
@@ -567,48 +567,17 @@ def render_state(path, previous):
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-class FileWriter:
-    """Writes the drop-in and its saved state: a temporary file in the same directory, then ``mover``.
+class FileWriter(AtomicFileWriter):
+    """Writes the drop-in and its saved state through the collection's one atomic writer.
 
-    The module passes AnsibleModule.atomic_move (as ansible.posix sysctl does: it keeps the
-    SELinux context and the attributes of the file replaced). Applying and rolling back both go
-    through ``stage`` and ``commit``.
+    The module passes AnsibleModule.atomic_move as ``mover`` (as ansible.posix sysctl does: it
+    keeps the SELinux context and the attributes, mode included, of the file replaced; a new file
+    gets 0644). Applying and rolling back both go through ``stage`` and ``commit``; ``None``
+    content means the file is removed.
     """
 
     def __init__(self, mover=os.replace):
-        self.mover = mover
-
-    @staticmethod
-    def stage(path, text):
-        directory = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-        except BaseException:
-            FileWriter.discard(tmp)
-            raise
-        return tmp
-
-    def commit(self, tmp, path):
-        created = not os.path.lexists(path)
-        try:
-            self.mover(tmp, path)
-        except Exception as exc:  # atomic_move raises a bare Exception on ansible-core >= 2.19
-            self.discard(tmp)
-            raise OSError(errno.EIO, f"cannot replace {path}: {exc}") from exc
-        if created:
-            os.chmod(path, 0o644)  # atomic_move derives a new file's mode from the umask
-
-    @staticmethod
-    def discard(tmp):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        super().__init__(mover, mode=0o644, keep_existing_mode=True)
 
     @staticmethod
     def removable(path):
@@ -630,7 +599,7 @@ class FileWriter:
         if text is None:
             self.remove(path)
         else:
-            self.commit(self.stage(path, text), path)
+            super().write(path, text)
 
 
 def _read_only(directory):

@@ -53,7 +53,11 @@ options:
   owners:
     description:
       - TCP states whose sockets get their owning processes named in RV(ansible_facts.tcp_state.owners), found
-        with one pass over C(/proc/<pid>/fd), made only when sockets in these states exist.
+        with one pass over C(/proc/<pid>/fd) that reads every fd of every process, so each holder of a shared
+        socket is named. A process counts a socket once, however many of its fds refer to it.
+      - On a host with 20,000 open fds or more (Linux 6.2 or later, two or more CPUs) two forked processes make
+        the pass while the sockets are dumped; otherwise it follows the dump, and only when sockets in these
+        states exist.
       - State names are case-insensitive and may use C(-) for C(_) (V(close-wait) is V(CLOSE_WAIT)). Valid states
         are V(ESTABLISHED), V(SYN_SENT), V(SYN_RECV), V(FIN_WAIT1), V(FIN_WAIT2), V(TIME_WAIT), V(CLOSE),
         V(CLOSE_WAIT), V(LAST_ACK), V(LISTEN), V(CLOSING), V(NEW_SYN_RECV).
@@ -118,6 +122,18 @@ options:
         namespace (from C(/proc/<pid>/ns/net)).
     type: float
     default: 0
+  conntrack:
+    description:
+      - Describe the namespace's nf_conntrack table in RV(ansible_facts.tcp_state.conntrack) - its size, limit and
+        TCP timeouts from C(/proc/sys/net/netfilter), and its TCP entries per conntrack state from one ctnetlink
+        dump of the whole table.
+      - The dump is paid on every run, about 1.2 seconds per 262,144 entries (measured on a lab namespace), so a
+        host with a huge table (a NAT gateway, a load balancer) pays that on each audit.
+      - V(false) skips the table entirely (nothing is read, no netlink socket is opened).
+        RV(ansible_facts.tcp_state.conntrack) then reports C(available=false) with every figure null, exactly as
+        for a namespace without nf_conntrack, and the C(CONNTRACK_TABLE_PRESSURE) finding cannot fire.
+    type: bool
+    default: true
   prometheus_textfile:
     description:
       - Also write the figures of RV(ansible_facts.tcp_state) (the namespace the module runs in) as Prometheus
@@ -228,6 +244,11 @@ EXAMPLES = r"""
   loop: "{{ ansible_facts.tcp_state_namespaces | dict2items }}"
   loop_control:
     label: "{{ item.key }}"
+
+# A NAT gateway or load balancer with a huge conntrack table: skip its per-run dump.
+- name: Socket facts without the conntrack table
+  netstate.tcp.tcp_state_facts:
+    conntrack: false
 
 # Who makes the churn: trace TCP state changes for 10 s.
 - name: Name the processes that open and close connections
@@ -480,15 +501,16 @@ ansible_facts:
           description:
             - The namespace's nf_conntrack table. Figures come from C(/proc/sys/net/netfilter), the TCP states from
               one ctnetlink dump (C(NETLINK_NETFILTER)) decoded as a stream.
-            - The module never makes the kernel load a module. When nf_conntrack is not loaded, C(available) is
-              false and every figure is null. When C(nf_conntrack_netlink) is not loaded (and the kernel could
-              load it, as a ctnetlink request would make it), C(states) is null and a warning says so; the
-              other figures are still given.
+            - The module never makes the kernel load a module. When nf_conntrack is not loaded, or with
+              O(conntrack=false), C(available) is false and every figure is null. When C(nf_conntrack_netlink)
+              is not loaded (and the kernel could load it, as a ctnetlink request would make it), C(states) is
+              null and a warning says so; the other figures are still given.
           returned: always
           type: dict
           contains:
             available:
-              description: Whether nf_conntrack is loaded (its sysctls exist in this namespace).
+              description: Whether nf_conntrack is loaded (its sysctls exist in this namespace); false with
+                O(conntrack=false).
               type: bool
               returned: always
             source:

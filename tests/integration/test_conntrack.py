@@ -143,6 +143,31 @@ def test_facts_carry_the_block_and_the_finding_reads_it(bare_host):
     assert finding["evidence"]["timeouts"]["nf_conntrack_tcp_timeout_time_wait"] == block["timeouts"]["time_wait"]
 
 
+def test_conntrack_false_reports_no_table_where_there_is_one(bare_host):
+    """`conntrack: false` on a namespace with tracked connections: the block of a namespace without a table.
+
+    The same options with the default show the table and the finding, so the difference is the option's.
+    """
+    sc = bare_host.start_scenario("conntrack", count=15)
+    thresholds = {"conntrack_ratio_warning": 0.00001, "conntrack_ratio_critical": 0.9}
+    read = gather(bare_host, thresholds=thresholds, owners=[])
+    assert read["conntrack"]["available"] is True and read["conntrack"]["count"] >= 45
+    assert "CONNTRACK_TABLE_PRESSURE" in {f["code"] for f in read["findings"]}
+
+    skipped = gather(bare_host, thresholds=thresholds, owners=[], conntrack=False)
+    assert skipped["conntrack"] == dict.fromkeys(("source", "count", "max", "ratio", "states", "timeouts")) | {
+        "available": False
+    }
+    assert list(skipped["conntrack"]) == list(read["conntrack"])  # same keys, same order
+    assert "CONNTRACK_TABLE_PRESSURE" not in {f["code"] for f in skipped["findings"]}
+    assert not [w for w in skipped["warnings"] if w.startswith("conntrack")]
+    # the option changes the report, not the namespace: its table still holds the scenario's entries
+    with _netns.entered(f"/run/netns/{bare_host.name}"):
+        table = proc_tcp_states()
+    if table is not None:
+        assert nonzero(table[0]) == sc.report["expected_conntrack"]
+
+
 UNPRIVILEGED = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from lab_probes import COLLECTIONS, ROOT, VENV_BIN, facts_over_ansible, gather, gather_all, netstat_counter, ss_rows
 
-from ansible_collections.netstate.tcp.plugins.module_utils import _facts
+from ansible_collections.netstate.tcp.plugins.module_utils import _facts, _owners
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,6 +69,37 @@ def test_close_wait_leak_owner_is_the_scenario_process(lab):
         (listener,) = [item for item in facts["listeners"] if item["local"].endswith(f":{port}")]
         assert listener["owner"] == {"pid": sc.report["pid"], "comm": "leaky-proxy"}
         assert facts["namespace"] == {"inode": host.netns_inode, "name": host.name, "initial": False}
+    finally:
+        sc.stop()
+
+
+def test_owner_walkers_beside_the_dump_name_the_same_owners(lab, monkeypatch):
+    """The forked fd walkers (a host with many fds) and the in-process pass give the same owners."""
+    if not _owners._kernel_counts_fds() or (os.cpu_count() or 1) < 2:
+        pytest.skip("walkers need the kernel's fd counts (Linux 6.2+) and two CPUs")
+    host = lab.hosts[0]
+    sc = host.start_scenario("close_wait_leak", count=60)
+    try:
+        options = _facts.normalize_options({"namespaces": [host.name]})
+        started = []
+        real_start = _owners.start_scan
+
+        def start_scan(*args, **kwargs):
+            started.append(real_start(*args, **kwargs))
+            return started[-1]
+
+        monkeypatch.setattr(_owners, "start_scan", start_scan)
+        monkeypatch.setattr(_owners, "OVERLAP_MIN_FDS", 0)
+        beside = _facts.gather_facts(options)["tcp_state_namespaces"][host.name]
+        assert [type(scan).__name__ for scan in started] == ["_ScanBeside"]
+        monkeypatch.setattr(_owners, "OVERLAP_MIN_FDS", 10**12)
+        after = _facts.gather_facts(options)["tcp_state_namespaces"][host.name]
+        assert type(started[-1]).__name__ == "_ScanLater"
+        (owner,) = beside["owners"]["CLOSE_WAIT"]
+        assert (owner["pid"], owner["sockets"]) == (sc.report["pid"], host.ss_count("close-wait"))
+        assert beside["owners"] == after["owners"]
+        assert [item["owner"] for item in beside["listeners"]] == [item["owner"] for item in after["listeners"]]
+        assert any(item["owner"] == {"pid": sc.report["pid"], "comm": "leaky-proxy"} for item in beside["listeners"])
     finally:
         sc.stop()
 

@@ -334,3 +334,26 @@ def test_dump_is_retried_while_the_kernel_says_it_was_interrupted(interrupted_du
     assert counter.interrupted is warned
     assert counter.result() == ct.ConntrackCounter().feed(clean).result()
     assert any("NLM_F_DUMP_INTR" in w for w in counter.warnings()) is warned
+
+
+# ---- tcp_state_facts' `conntrack: false` --------------------------------------------------------
+
+
+def test_not_wanted_reads_nothing_and_looks_like_not_loaded(tmp_path):
+    """With a loaded table whose dump is allowed, not wanted still reads nothing: the block of no table."""
+    root = fake_root(tmp_path, sys_modules=("nf_conntrack_netlink",))
+    dumps = []
+
+    def recorded_dump():
+        dumps.append(1)
+        return ct.ConntrackCounter().feed(read_chunks("tracked"))
+
+    wanted, _warnings = ct.collect_conntrack(**root, dump=recorded_dump)
+    assert wanted["available"] is True and wanted["source"] == "ctnetlink" and dumps == [1]
+
+    skipped, warnings = ct.collect_conntrack(**root, dump=recorded_dump, wanted=False)
+    absent, _absent_warnings = ct.collect_conntrack(**fake_root(tmp_path / "bare", netfilter=None), dump=never_dump)
+    assert dumps == [1]
+    assert warnings == []
+    assert skipped == absent == ct.UNAVAILABLE_BLOCK
+    assert list(skipped) == list(wanted)  # the same keys in the same order: a contract (DESIGN.md)

@@ -105,6 +105,7 @@ def test_defaults_are_the_documented_interface(options):
         "thresholds": _diagnose.DEFAULT_THRESHOLDS,
         "families": ["ipv4", "ipv6"],
         "trace": 0,
+        "conntrack": True,
     }
 
 
@@ -144,6 +145,8 @@ def test_namespaces_forms():
         ({"thresholds": {"close_wait_warnin": 5}}, "thresholds", "close_wait_warning"),
         ({"thresholds": {"close_wait_warning": -5}}, "thresholds", "close_wait_warning"),
         ({"thresholds": "x"}, "thresholds", "dict"),
+        ({"conntrack": "no"}, "conntrack", "true or false"),
+        ({"conntrack": 0}, "conntrack", "true or false"),
     ],
 )
 def test_bad_options_name_the_option_and_valid_values(params, option, valid):

@@ -225,3 +225,152 @@ def test_scan_of_chosen_pids_lists_every_socket(tmp_path):
             os.symlink(link, fd_dir / str(fd))
     held = co.scan_socket_fds(co.ALL_SOCKETS, proc=str(tmp_path), pids=[7, 99])
     assert {pid: sorted(inodes) for pid, inodes in held.items()} == {7: [42, 43]}
+
+
+# ---- the fd pass on the real /proc: probing by the kernel's fd count, and walkers beside the dump --------
+needs_fd_count = pytest.mark.skipif(
+    not co._kernel_counts_fds(), reason="the kernel reports no open-fd count for /proc/<pid>/fd (Linux < 6.2)"
+)
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [
+        ("6.2.0", True),
+        ("6.18.44-fc-v782", True),
+        ("7.0", True),
+        ("6.1.0-13-amd64", False),
+        ("5.15.0", False),
+        ("4.19", False),
+        ("", False),
+        ("x6.2", False),
+    ],
+)
+def test_kernel_fd_count_starts_at_6_2(release, expected):
+    assert co._kernel_counts_fds(release) is expected
+
+
+def _own_socket_inodes_by_listing():
+    """This process's socket inodes, read the plain way (every name listdir gives)."""
+    found = set()
+    base = f"/proc/{os.getpid()}/fd"
+    for name in os.listdir(base):
+        try:
+            link = os.readlink(os.path.join(base, name))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(int(link[8:-1]))
+    return found
+
+
+@needs_fd_count
+def test_probing_finds_every_socket_of_a_sparse_fd_table():
+    # a hole (one closed fd among the sockets) and a socket whose only fd sits far above
+    # PROBE_MISSES absent numbers (the probe then lists the directory for the rest)
+    socks = [socket.socket() for _ in range(6)]
+    socks[2].close()
+    lone = socket.socket()
+    far = os.dup2(lone.fileno(), co.PROBE_MISSES * 3)
+    lone_inode = os.fstat(far).st_ino
+    lone.close()
+    try:
+        dir_fd = os.open(f"/proc/{os.getpid()}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            probed = co._socket_inodes(dir_fd, os.fstat(dir_fd).st_size)
+            listed = co._socket_inodes(dir_fd, 0)
+        finally:
+            os.close(dir_fd)
+        assert probed == listed == _own_socket_inodes_by_listing()
+        assert lone_inode in probed
+        assert {os.fstat(s.fileno()).st_ino for s in socks if s.fileno() >= 0} <= probed
+    finally:
+        os.close(far)
+        for sock in socks:
+            sock.close()
+
+
+def test_socket_links_are_read_strictly():
+    assert co._socket_inode(b"socket:[42]") == 42
+    for link in (b"socket:[]", b"socket:[12x]", b"socket:[42", b"pipe:[5]", b"/tmp/socket:[1]", b"socket:[-1]"):
+        assert co._socket_inode(link) is None
+
+
+def test_walker_records_cut_short_are_refused():
+    good = co._RECORD.pack(7, 2) + co.array.array("Q", [42, 43]).tobytes() + co._RECORD.pack(-1, 3)
+    assert co._decode_records(good) == ({7: {42, 43}}, 3)
+    for data in (good[:-1], good[: co._RECORD.size + 8], b"", good + b"\0"):
+        assert co._decode_records(data) is None
+
+
+@pytest.fixture
+def own_listeners():
+    """The inodes of three listening sockets of this process (closed afterwards)."""
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+        yield {os.fstat(sock.fileno()).st_ino for sock in socks}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _children_of_this_process():
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
+            return handle.read().split()
+    except OSError:
+        return None
+
+
+@needs_fd_count
+def test_walkers_beside_the_dump_give_the_pass_in_process_answer(monkeypatch, own_listeners):
+    monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)  # this host has too few fds to start walkers by itself
+    scan = co.start_scan()
+    try:
+        assert isinstance(scan, co._ScanBeside) and 1 <= len(scan.walkers) <= co.WALKERS
+        held = scan.result(own_listeners | {1}, [])
+    finally:
+        scan.close()
+    assert held == co.scan_socket_fds(own_listeners | {1}) == {os.getpid(): sorted(own_listeners)}
+    assert _children_of_this_process() in (None, [])  # every walker reaped
+
+
+@needs_fd_count
+def test_a_walker_that_dies_leaves_the_pass_to_the_caller(monkeypatch, own_listeners):
+    monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)
+    scan = co.start_scan()
+    try:
+        os.kill(scan.walkers[0].pid, co.signal.SIGKILL)
+        held = scan.result(own_listeners, [])
+    finally:
+        scan.close()
+    assert held == {os.getpid(): sorted(own_listeners)}
+
+
+@needs_fd_count
+def test_walkers_are_ended_when_the_dump_fails(monkeypatch):
+    monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)
+    scan = co.start_scan()
+    pids = [walker.pid for walker in scan.walkers]
+    scan.close()  # what gather_facts' finally does when the dump raised
+    scan.close()  # twice is harmless
+    assert pids and all(walker.pid is None for walker in scan.walkers)
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_few_fds_or_a_fake_proc_start_no_process(tmp_path, monkeypatch):
+    # a recorded tree has no kernel fd counts: its pass is made when asked, in this process
+    assert isinstance(co.start_scan(proc=str(tmp_path)), co._ScanLater)
+    monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 10**12)
+    scan = co.start_scan()
+    assert isinstance(scan, co._ScanLater)
+    with socket.socket() as sock:
+        inode = os.fstat(sock.fileno()).st_ino
+        assert scan.result({inode}) == {os.getpid(): [inode]}

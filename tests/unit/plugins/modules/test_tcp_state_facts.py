@@ -13,8 +13,11 @@ import json
 import socket
 
 import pytest
+import yaml
 from ansible.module_utils.testing import patch_module_args
+from module_harness import argument_spec
 
+from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack
 from ansible_collections.netstate.tcp.plugins.modules import tcp_state_facts
 
 
@@ -38,6 +41,7 @@ def run(args, capsys):
         ({"thresholds": {"bogus": 1}}, ["thresholds", "bogus", "close_wait_warning"]),
         ({"thresholds": {"close_wait_warning": True}}, ["thresholds", "close_wait_warning"]),
         ({"frobnicate": 1}, ["frobnicate"]),
+        ({"conntrack": "sometimes"}, ["conntrack", "bool"]),
     ],
 )
 def test_bad_options_fail_naming_option_and_valid_values(args, needles, capsys):
@@ -73,3 +77,49 @@ def test_owners_off_leaves_listeners_unowned(capsys):
     assert state["owners"] == {}
     assert all(item["owner"] is None for item in state["listeners"])
     assert all(count == 0 for count in state["families"]["ipv6"].values())
+
+
+def test_conntrack_option_documented_as_specified():
+    documented = yaml.safe_load(tcp_state_facts.DOCUMENTATION)["options"]["conntrack"]
+    spec = argument_spec(tcp_state_facts)["argument_spec"]["conntrack"]
+    assert documented["type"] == spec["type"] == "bool"
+    assert documented["default"] is spec["default"] is True
+    assert "262,144 entries" in " ".join(documented["description"])  # the cost that makes the option worth it
+
+
+@pytest.fixture
+def conntrack_access(monkeypatch):
+    """What _conntrack does to the kernel, recorded: the /proc/sys/net/netfilter reads and the NETLINK_NETFILTER
+    sockets opened (through _conntrack's own seam, open_diag_socket; the opening still happens)."""
+    seen = []
+    read_table_figures, open_diag_socket = _conntrack.read_table_figures, _conntrack.open_diag_socket
+
+    def reading(*args, **kwargs):
+        seen.append("read_table_figures")
+        return read_table_figures(*args, **kwargs)
+
+    def opening(*args, **kwargs):
+        seen.append("open_diag_socket")
+        return open_diag_socket(*args, **kwargs)
+
+    monkeypatch.setattr(_conntrack, "read_table_figures", reading)
+    monkeypatch.setattr(_conntrack, "open_diag_socket", opening)
+    return seen
+
+
+def test_conntrack_false_reads_no_table_and_opens_no_ctnetlink_socket(conntrack_access, capsys):
+    result = run({"conntrack": False, "owners": []}, capsys)
+    assert result.get("failed") is not True, result.get("msg")
+    assert conntrack_access == []
+    state = result["ansible_facts"]["tcp_state"]
+    assert state["conntrack"] == _conntrack.UNAVAILABLE_BLOCK
+    assert not any(warning.startswith("conntrack:") for warning in state["warnings"])
+    assert "CONNTRACK_TABLE_PRESSURE" not in {finding["code"] for finding in state["findings"]}
+
+
+def test_conntrack_is_read_by_default(conntrack_access, capsys):
+    result = run({"owners": []}, capsys)
+    assert result.get("failed") is not True, result.get("msg")
+    # the socket is opened only where nf_conntrack_netlink is loaded (never loaded on the module's behalf)
+    assert conntrack_access[0] == "read_table_figures"
+    assert set(result["ansible_facts"]["tcp_state"]["conntrack"]) == set(_conntrack.UNAVAILABLE_BLOCK)
