@@ -1114,13 +1114,14 @@ def merge_reports(paths) -> tuple[list, list, list]:
     """
     chosen: dict[str, tuple] = {}
     tables, sources = [], []
+    entry_ok = ENTRY_CHECK.ok
     for index, given in enumerate(paths):
         path, report = _parse_report(given)
         if not _REPORT_HEAD_CHECK.ok(report):
             _refuse_report(path, report)
         generated_at = report["generated_at"]
         for raw in report["hosts"]:
-            if not ENTRY_CHECK.ok(raw):
+            if not entry_ok(raw):
                 _refuse_report(path, report)
             name = raw["name"]
             taken = chosen.get(name)
