@@ -394,6 +394,7 @@ def _record(fields: dict, required=()):
                     return problem
         return None
 
+    check.fields = fields
     return check
 
 
@@ -512,29 +513,26 @@ def _sysctl_value(value, path):
     return None
 
 
-# the keys of a finding in a host entry (host_entry's order), and the remediation keys the report reads
-FINDING_KEYS = ("code", "severity", "summary", "evidence", "remediation")
-REMEDIATION_KEYS = frozenset(("kind", "text", "sysctls", "profile"))
+def _finding_fields(evidence) -> dict:
+    """The checks of a finding's fields, in the order host_entry writes them."""
+    return {
+        "code": _code,
+        "severity": _one_of(SEVERITIES),
+        "summary": _text,
+        "evidence": evidence,
+        "remediation": _record(
+            {
+                "kind": _optional(_text),
+                "text": _optional(_text),
+                "sysctls": _optional(_mapping(_text, _sysctl_value)),
+                "profile": _optional(_text),
+            }
+        ),
+    }
 
 
 def _finding_check(evidence):
-    return _record(
-        {
-            "code": _code,
-            "severity": _one_of(SEVERITIES),
-            "summary": _text,
-            "evidence": evidence,
-            "remediation": _record(
-                {
-                    "kind": _optional(_text),
-                    "text": _optional(_text),
-                    "sysctls": _optional(_mapping(_text, _sysctl_value)),
-                    "profile": _optional(_text),
-                }
-            ),
-        },
-        required=("code", "severity"),
-    )
+    return _record(_finding_fields(evidence), required=("code", "severity"))
 
 
 @_leaf(_NOT_DICT)
@@ -548,6 +546,9 @@ def _list_only(value, path):
 
 
 FINDING_CHECK = _finding_check(_json_mapping)
+# the keys of a finding in a host entry (host_entry's order), and the remediation keys the report reads
+FINDING_KEYS = tuple(FINDING_CHECK.fields)
+REMEDIATION_KEYS = frozenset(FINDING_CHECK.fields["remediation"].fields)
 # a report read back went through _parse_report's JSON parser, which refuses NaN and infinity and gives
 # only string keys: its evidence needs no walk (the bench merges 100,000 hosts' evidence)
 REPORT_FINDING_CHECK = _finding_check(_mapping_only)
@@ -848,7 +849,7 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offend
         },
         "hosts": list(map(_ENTRY, hosts_in_order)),
         "findings_by_code": {
-            code: sorted(names, key=natural.__getitem__) for code, names in sorted(findings_by_code.items())
+            code: sorted(named, key=natural.__getitem__) for code, named in sorted(findings_by_code.items())
         },
         "offenders": worst.result(),
     }
