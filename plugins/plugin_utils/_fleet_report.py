@@ -970,9 +970,10 @@ def _refuse_constant(constant):
 
 
 def _finite_float(text):
-    # json reads 1e999 as inf without asking parse_constant.  This hook is what keeps a non-finite number
-    # out of every place of a report, the keys the checks ignore and free-form evidence included; it costs
-    # about 0.1 s of a 100,000-host merge, less than walking the evidence would
+    # json reads 1e999 as inf without asking parse_constant.  This hook keeps a non-finite number out of
+    # every place of a report, free-form evidence and the keys no check reads included.  It costs about
+    # 0.3 s of a 100,000-host merge (417,400 floats); walking the evidence instead costs as much (measured)
+    # and would still let infinity into the keys no check reads
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text} is not a finite number")
