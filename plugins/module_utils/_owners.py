@@ -402,7 +402,7 @@ class _Walker:
                 chunks.append(chunk)
         finally:
             os.close(self.read_end)
-            _, status = os.waitpid(self.pid, 0)
+            _pid, status = os.waitpid(self.pid, 0)
             self.pid = None
         return _decode_records(b"".join(chunks)) if status == 0 else None
 
@@ -476,7 +476,7 @@ class _ScanBeside:
 
 def _shares(sized, count):
     """`count` lists of pids with about equal fd counts (largest processes first, each to the lightest list)."""
-    shares = [[] for _ in range(count)]
+    shares = [[] for _share in range(count)]
     loads = [0] * count
     for fds, pid in sorted(sized, reverse=True):
         lightest = loads.index(min(loads))

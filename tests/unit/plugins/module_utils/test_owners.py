@@ -268,7 +268,7 @@ def _own_socket_inodes_by_listing():
 def test_probing_finds_every_socket_of_a_sparse_fd_table():
     # a hole (one closed fd among the sockets) and a socket whose only fd sits far above
     # PROBE_MISSES absent numbers (the probe then lists the directory for the rest)
-    socks = [socket.socket() for _ in range(6)]
+    socks = [socket.socket() for _number in range(6)]
     socks[2].close()
     lone = socket.socket()
     far = os.dup2(lone.fileno(), co.PROBE_MISSES * 3)
@@ -308,7 +308,7 @@ def own_listeners():
     """The inodes of three listening sockets of this process (closed afterwards)."""
     socks = []
     try:
-        for _ in range(3):
+        for _number in range(3):
             sock = socket.socket()
             socks.append(sock)
             sock.bind(("127.0.0.1", 0))
