@@ -94,3 +94,34 @@ def refuse_non_regular(path):
     if not stat.S_ISREG(mode):
         raise OSError(f"{path} exists and is not a regular file")
     return True
+
+
+def module_mover(module):
+    """``module.atomic_move`` as a mover that raises instead of ending the module.
+
+    On ansible-core before 2.19 a failed atomic_move calls ``fail_json``, which prints the result and
+    exits: a caller could not undo what it had changed before the move (tcp_sysctl's live values).
+    For the length of the move ``fail_json`` raises OSError instead; 2.19's bare Exception becomes
+    OSError too.
+    """
+
+    def refuse(msg=None, **_kwargs):
+        raise OSError(errno.EIO, str(msg))
+
+    def move(src, dest):
+        shadowed = "fail_json" in vars(module)
+        saved = vars(module).get("fail_json")
+        module.fail_json = refuse
+        try:
+            module.atomic_move(src, dest)
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(errno.EIO, str(exc)) from exc  # ansible-core >= 2.19: a bare Exception
+        finally:
+            if shadowed:
+                module.fail_json = saved
+            else:
+                del module.fail_json
+
+    return move

@@ -299,6 +299,7 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 
 exit_on_old_python("tcp_sysctl")  # before the module_utils below: they need Python 3.7 syntax
 
+from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import module_mover
 from ansible_collections.netstate.tcp.plugins.module_utils._remediation import ORPHAN_RETRIES, PROFILES
 from ansible_collections.netstate.tcp.plugins.module_utils._sysctl import (
     GLOBAL_CHOICES,
@@ -332,7 +333,8 @@ ARGUMENT_SPEC = {
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result, warnings = manage(module.params, module.check_mode, module._diff, module.atomic_move)
+        # a failed move raises (also where atomic_move would end the module): the rollback runs first
+        result, warnings = manage(module.params, module.check_mode, module._diff, module_mover(module))
     except (SysctlError, ApplyError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

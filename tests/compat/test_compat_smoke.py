@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +91,36 @@ def test_tcp_sysctl_check_mode_changes_nothing(ansible_run, compat_lab):
     assert rc == 0
     for host in compat_lab.hosts:
         assert results[host.alias]["changed"] is True
+        assert int(host.sysctl("net.ipv4.tcp_fin_timeout")) == before[host.alias]
+        assert not os.path.exists(os.path.join(host.sysctl_dir, DROPIN))
+
+
+def test_tcp_sysctl_rolls_back_when_the_drop_in_cannot_be_replaced(ansible_run, compat_lab):
+    """An immutable drop-in (chattr +i: the rename over it fails with EPERM) after the live values were written.
+
+    ansible-core before 2.19 ends a failed atomic_move through fail_json; the live values must still be rolled back.
+    """
+    dropins = [os.path.join(host.sysctl_dir, DROPIN) for host in compat_lab.hosts]
+    before = {h.alias: int(h.sysctl("net.ipv4.tcp_fin_timeout")) for h in compat_lab.hosts}
+    first = {"net.ipv4.tcp_fin_timeout": max(before.values()) + 1}
+    try:
+        rc, results = ad_hoc(ansible_run, compat_lab, "netstate.tcp.tcp_sysctl", {"sysctls": first})
+        assert rc == 0, results
+        written = {path: Path(path).read_text() for path in dropins}
+        subprocess.run(["chattr", "+i", *dropins], check=True)
+        second = {"net.ipv4.tcp_fin_timeout": first["net.ipv4.tcp_fin_timeout"] + 1}
+        rc, results = ad_hoc(ansible_run, compat_lab, "netstate.tcp.tcp_sysctl", {"sysctls": second})
+        assert rc != 0
+        for host in compat_lab.hosts:
+            result = results[host.alias]
+            assert result["status"] == "FAILED!", result
+            assert "rolled back: net.ipv4.tcp_fin_timeout restored as before" in result["msg"], result["msg"]
+            assert int(host.sysctl("net.ipv4.tcp_fin_timeout")) == first["net.ipv4.tcp_fin_timeout"]
+        assert {path: Path(path).read_text() for path in dropins} == written
+    finally:
+        subprocess.run(["chattr", "-i", *[path for path in dropins if os.path.exists(path)]], check=False)
+        ad_hoc(ansible_run, compat_lab, "netstate.tcp.tcp_sysctl", {"state": "absent"})
+    for host in compat_lab.hosts:
         assert int(host.sysctl("net.ipv4.tcp_fin_timeout")) == before[host.alias]
         assert not os.path.exists(os.path.join(host.sysctl_dir, DROPIN))
 

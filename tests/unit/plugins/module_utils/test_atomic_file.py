@@ -18,7 +18,11 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import AtomicFileWriter, refuse_non_regular
+from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import (
+    AtomicFileWriter,
+    module_mover,
+    refuse_non_regular,
+)
 
 
 @pytest.fixture
@@ -148,3 +152,19 @@ def test_refuse_non_regular_tells_absent_from_regular(tmp_path):
     assert refuse_non_regular(str(tmp_path / "absent")) is False
     (tmp_path / "file").write_text("")
     assert refuse_non_regular(str(tmp_path / "file")) is True
+
+
+def test_module_mover_raises_where_the_move_fails_and_leaves_the_module_as_it_was(tmp_path):
+    # a directory in the way: atomic_move cannot rename a file over it (2.19 raises, 2.16-2.18 call fail_json;
+    # the compatibility smoke runs the same failure through tcp_sysctl on both)
+    with patch_module_args({}):
+        module = AnsibleModule(argument_spec={})
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep").write_text("x")
+    source = tmp_path / "source"
+    source.write_text("new\n")
+    with pytest.raises(OSError):
+        module_mover(module)(str(source), str(tmp_path / "target"))
+    assert "fail_json" not in vars(module)  # the class's fail_json again
+    module_mover(module)(str(source), str(tmp_path / "moved"))
+    assert (tmp_path / "moved").read_text() == "new\n"
