@@ -218,35 +218,32 @@ def _fd_links(dir_fd, count):
     count: the directory's open-fd count from the kernel, or 0 when unknown.  With a count the
     fd numbers are probed upwards (fds are allocated lowest first, so tables are dense) until
     that many links are read: no directory listing, whose getdents costs about as much as the
-    links themselves.  After PROBE_MISSES absent numbers in a row the directory is listed and
-    the numbers above the probe are read from it.
+    links themselves.  After PROBE_MISSES absent numbers in a row, or without a count, the
+    directory is listed and the numbers above the probe are read from it.
     """
     readlink = os.readlink
     links = []
     number = misses = 0
-    while len(links) < count:
-        if misses >= PROBE_MISSES:
-            names = sorted(int(name) for name in os.listdir(dir_fd) if name.isdigit() and int(name) >= number)
-            for name in names:
-                try:
-                    links.append(readlink(b"%d" % name, dir_fd=dir_fd))
-                except OSError:
-                    continue  # closed meanwhile
-            return links
+    while len(links) < count and misses < PROBE_MISSES:
         try:
             links.append(readlink(b"%d" % number, dir_fd=dir_fd))
             misses = 0
         except OSError:
             misses += 1
         number += 1
-    if count:
+    if count and len(links) >= count:
         return links
-    for name in os.listdir(dir_fd):
+    for name in sorted(int(name) for name in os.listdir(dir_fd) if name.isdigit() and int(name) >= number):
         try:
-            links.append(readlink(name.encode(), dir_fd=dir_fd))
+            links.append(readlink(b"%d" % name, dir_fd=dir_fd))
         except OSError:
-            continue
+            continue  # closed meanwhile
     return links
+
+
+def _counts_fds(proc):
+    """Whether the fd directories under `proc` report their open-fd counts (the real /proc on Linux 6.2+)."""
+    return proc == PROC and _kernel_counts_fds()
 
 
 def _socket_inodes(dir_fd, count=0):
@@ -335,7 +332,7 @@ def scan_socket_fds(wanted, proc=PROC, warnings=None, pids=None):
         return {}
     if pids is None:
         pids = _all_pids(proc)
-    held, denied = _walk(proc, pids, proc == PROC and _kernel_counts_fds())
+    held, denied = _walk(proc, pids, _counts_fds(proc))
     _denied_warning(denied, warnings)
     return _wanted_only(held, wanted)
 
@@ -496,7 +493,7 @@ def start_scan(proc=PROC):
     finally.  Processes started after this call are not read: they did not hold the dumped
     sockets' fds when the dump began.
     """
-    counts_fds = proc == PROC and _kernel_counts_fds()
+    counts_fds = _counts_fds(proc)
     # a fork copies the locks other threads hold but not the threads (Python 3.12 warns about such forks)
     if not counts_fds or (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not hasattr(os, "fork"):
         return _ScanLater(proc)
