@@ -291,3 +291,14 @@ def test_uniform_datagram_with_a_length_that_runs_past_the_end_is_an_error():
     with pytest.raises(nl.DiagError, match="does not fit the datagram"):
         for _batch in nl.decode_batches([bytes(data)], "ipv4"):
             pass
+
+
+def test_swap16_maps_every_wire_port_to_host_order_and_back():
+    # the table is built from bytes, not per port: check it against struct's own byte order for every port
+    wire = struct.Struct(">H")
+    native = struct.Struct("=H")
+    for port in range(65536):
+        as_read = native.unpack(wire.pack(port))[0]  # a __be16 port read as a native int
+        assert nl.SWAP16[as_read] == port
+        assert nl.SWAP16[port] == as_read
+    assert len(nl.SWAP16) == 65536
