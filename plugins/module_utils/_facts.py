@@ -17,14 +17,14 @@ import os
 import time
 from datetime import datetime, timezone
 
+# _trace (trace > 0) and _peer_namespaces (namespaces other than current) are imported where they are used:
+# AnsiballZ ships module_utils as source, so every file imported is compiled again on every module run.
 from ansible_collections.netstate.tcp.plugins.module_utils import (
     _collect_system,
     _conntrack,
     _diagnose,
     _netns,
     _owners,
-    _peer_namespaces,
-    _trace,
 )
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import STATES
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import normalize_state as _state_name
@@ -38,6 +38,8 @@ FAMILIES = ("ipv4", "ipv6")
 # States in which a socket that survives the interval is a problem worth counting.
 PERSISTENT_STATES = ("FIN_WAIT1", "CLOSE_WAIT", "LAST_ACK")
 MAX_INTERVAL = 300
+# The longest `trace` window (seconds); _trace checks its own callers against it too.
+MAX_TRACE_SECONDS = 60
 MAX_TOP = 10000
 NAMESPACE_KEYWORDS = ("current", "all")
 
@@ -136,8 +138,8 @@ def _check_thresholds(thresholds):
 
 
 def _check_trace(trace):
-    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= _trace.MAX_SECONDS:
-        raise ValueError(f"trace: must be a number of seconds from 0 to {_trace.MAX_SECONDS}, got {trace!r}")
+    if isinstance(trace, bool) or not isinstance(trace, (int, float)) or not 0 <= trace <= MAX_TRACE_SECONDS:
+        raise ValueError(f"trace: must be a number of seconds from 0 to {MAX_TRACE_SECONDS}, got {trace!r}")
     return trace
 
 
@@ -329,6 +331,8 @@ def _targets(options, warnings):
 
 def _name_peer_namespaces(blocks, samples, targets, current, name=None):
     """Peers owned by another of the sampled namespaces get its {inode, name} and container."""
+    from ansible_collections.netstate.tcp.plugins.module_utils import _peer_namespaces  # noqa: PLC0415
+
     listed = []
     pids = {current: os.getpid()}
     for label, sample in samples.items():
@@ -343,6 +347,17 @@ def _name_peer_namespaces(blocks, samples, targets, current, name=None):
     container_of = _peer_namespaces.ContainerLookup(pids)
     for block in blocks.values():
         _peer_namespaces.name_peers(block, owners, container_of)
+
+
+def _churn_window(options, warnings):
+    """Wait once for max(trace, interval) before the last sample; see _trace.churn_window (None without trace)."""
+    if not options["trace"]:
+        if options["interval"]:
+            time.sleep(options["interval"])
+        return None
+    from ansible_collections.netstate.tcp.plugins.module_utils._trace import churn_window  # noqa: PLC0415
+
+    return churn_window(options["trace"], options["interval"], warnings)
 
 
 def gather_facts(options, record_tap=None):
@@ -386,7 +401,7 @@ def gather_facts(options, record_tap=None):
     first = None
     if track:
         first = sample_all()
-    churn = _trace.churn_window(options["trace"], options["interval"], warnings)
+    churn = _churn_window(options, warnings)
     # the owner pass runs beside the last sample's dumps (in a child process on a host with many fds)
     scan = _owners.start_scan() if options["owners"] else None
     try:

@@ -33,6 +33,7 @@ import signal
 import time
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _netlink, _owners
+from ansible_collections.netstate.tcp.plugins.module_utils._facts import MAX_TRACE_SECONDS as MAX_SECONDS
 
 PROC = "/proc"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -41,7 +42,6 @@ EVENT = "sock/inet_sock_set_state"
 INSTANCE_PREFIX = "netstate-"
 _INSTANCE_NAME = re.compile(r"^netstate-(\d+)-[0-9a-f]+$")
 
-MAX_SECONDS = 60
 # Ring buffer per CPU: the kernel allocates it for every CPU, so the total is bounded too.
 BUFFER_TOTAL_KB = 32768
 BUFFER_KB_MIN = 256
@@ -695,15 +695,12 @@ def collect_churn(seconds, *, identify=identify_process, warnings=None):
 
 
 def churn_window(seconds, interval, warnings):
-    """Wait once for max(seconds, interval), tracing for `seconds` of it.
+    """Wait once for max(seconds, interval), tracing for `seconds` (> 0) of it.
 
-    Returns None when `seconds` is 0 (no `churn` fact), else a function (inode, name, top) -> the
-    `churn` fact of that namespace (source null, and one warning saying why, when tracing failed).
+    Returns a function (inode, name, top) -> the `churn` fact of that namespace (source null, and
+    one warning saying why, when tracing failed).  Without tracing, _facts waits for the interval
+    itself (and never imports this module).
     """
-    if not seconds:
-        if interval:
-            time.sleep(interval)
-        return None
     started = time.monotonic()
     try:
         trace = collect_churn(seconds, warnings=warnings)

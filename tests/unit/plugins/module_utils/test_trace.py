@@ -197,5 +197,12 @@ def test_trace_option_is_validated(bad):
 
 def test_trace_off_adds_no_churn():
     warnings = []
-    assert _trace.churn_window(0, 0, warnings) is None
+    assert _facts._churn_window({"trace": 0, "interval": 0}, warnings) is None
     assert warnings == []
+
+
+def test_trace_limit_is_the_option_limit():
+    # one number: the option check (_facts) and collect_churn's own check (_trace)
+    assert _trace.MAX_SECONDS is _facts.MAX_TRACE_SECONDS
+    with pytest.raises(ValueError, match=r"^trace: must be a number of seconds from 0 to 60"):
+        _trace.collect_churn(_facts.MAX_TRACE_SECONDS + 1)

@@ -10,7 +10,10 @@ socket counts are checked against ss(8) in tests/integration.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -123,3 +126,33 @@ def test_conntrack_is_read_by_default(conntrack_access, capsys):
     # the socket is opened only where nf_conntrack_netlink is loaded (never loaded on the module's behalf)
     assert conntrack_access[0] == "read_table_figures"
     assert set(result["ansible_facts"]["tcp_state"]["conntrack"]) == set(_conntrack.UNAVAILABLE_BLOCK)
+
+
+# Runs the module with the options audit.yml passes in a fresh interpreter and prints the module_utils it imported.
+IMPORTED_BY_A_RUN = """
+import json, sys
+import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.netstate.tcp.plugins.modules import tcp_state_facts
+with patch_module_args(json.loads(sys.argv[1])), pytest.raises(SystemExit):
+    tcp_state_facts.main()
+prefix = "ansible_collections.netstate.tcp.plugins.module_utils."
+print(json.dumps(sorted(name[len(prefix):] for name in sys.modules if name.startswith(prefix))), file=sys.stderr)
+"""
+
+
+def module_utils_imported_by_a_run(args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTED_BY_A_RUN, json.dumps(args)], capture_output=True, text=True, env=env, check=True
+    )
+    result = json.loads(proc.stdout)
+    assert result.get("failed") is not True, result.get("msg")
+    return set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+def test_a_run_without_trace_namespaces_or_textfile_imports_none_of_their_module_utils():
+    # AnsiballZ ships module_utils as source: each file imported is compiled again on every run of every host
+    imported = module_utils_imported_by_a_run({"thresholds": {}})
+    assert {"_facts", "_diagnose", "_netlink", "_owners", "_conntrack"} <= imported
+    assert imported.isdisjoint({"_trace", "_peer_namespaces", "_prometheus"})
