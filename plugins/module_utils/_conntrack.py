@@ -43,9 +43,12 @@ from ansible_collections.netstate.tcp.plugins.module_utils._netlink import (
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+IPCTNL_MSG_CT_GET_STATS = 5  # the namespace's entry count and limit, without walking the table (Linux 3.7+)
+CTA_STATS_GLOBAL_ENTRIES = 1
 # Dumped entries arrive as IPCTNL_MSG_CT_NEW messages of the ctnetlink subsystem.
 CT_ENTRY_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 CT_GET_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+CT_GET_STATS_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET_STATS
 CTA_PROTOINFO = 4
 CTA_PROTOINFO_TCP = 1
 CTA_PROTOINFO_TCP_STATE = 1
@@ -53,6 +56,7 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NLMSG_HEAD = struct.Struct("=IHH")  # the nlmsghdr fields the decoder needs: len, type, flags
 NFGENMSG = struct.Struct("=BBH")  # nfgen_family, version (NFNETLINK_V0), res_id (big-endian, 0)
 NLATTR = struct.Struct("=HH")  # len, type
+BE32 = struct.Struct(">I")  # ctnetlink's u32 attributes are big-endian
 ATTR_WORD = struct.Struct("=I")  # the same 4 bytes as one word
 NFGEN_LEN = NLMSGHDR.size + NFGENMSG.size  # attributes start here
 
@@ -320,6 +324,65 @@ def open_ctnetlink_socket():
     return open_diag_socket(NETLINK_NETFILTER, "ctnetlink")
 
 
+def build_stats_request(seq=1):
+    """Bytes of one IPCTNL_MSG_CT_GET_STATS request (no dump: one reply message)."""
+    header = NLMSGHDR.pack(NFGEN_LEN, CT_GET_STATS_TYPE, NLM_F_REQUEST, seq, 0)
+    return header + NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
+
+
+def parse_stats_reply(chunk, seq=1):
+    """CTA_STATS_GLOBAL_ENTRIES of a reply to :func:`build_stats_request`; None for anything else.
+
+    Anything else (an error such as EPERM, a kernel without the message, a reply that does
+    not parse) means: no answer here, the dump decides and reports what goes wrong there.
+    """
+    if len(chunk) < NFGEN_LEN:
+        return None
+    length, typ, _flags, reply_seq, _pid = NLMSGHDR.unpack_from(chunk, 0)
+    if typ != CT_GET_STATS_TYPE or reply_seq != seq or not NFGEN_LEN <= length <= len(chunk):
+        return None
+    off = NFGEN_LEN
+    while off + NLATTR.size <= length:
+        alen, atype = NLATTR.unpack_from(chunk, off)
+        if alen < NLATTR.size or off + alen > length:
+            return None
+        if atype & NLA_TYPE_MASK == CTA_STATS_GLOBAL_ENTRIES:
+            return BE32.unpack_from(chunk, off + NLATTR.size)[0] if alen == NLATTR.size + BE32.size else None
+        off += (alen + 3) & ~3
+    return None
+
+
+def table_entries(open_socket=open_ctnetlink_socket):
+    """The namespace's conntrack entry count as ctnetlink reports it (IPCTNL_MSG_CT_GET_STATS), or None.
+
+    The same permission check as a dump, and no walk of the table: a dump walks every bucket
+    of the host-wide hash (262,144 by default) even for a namespace without a single entry.
+    """
+    try:
+        sock = open_socket()
+    except (DiagUnavailable, DiagError):
+        return None
+    try:
+        sock.sendall(build_stats_request())
+        return parse_stats_reply(next(recv_chunks(sock)))
+    except (OSError, DiagError):
+        return None
+    finally:
+        sock.close()
+
+
+def read_states(open_socket=open_ctnetlink_socket):
+    """A counter of the namespace's TCP conntrack states: :func:`dump_ctnetlink`, skipped for an empty table.
+
+    Call only after :func:`ctnetlink_dump_allowed` said yes.  Raises like dump_ctnetlink.
+    """
+    if table_entries(open_socket) == 0:
+        empty = ConntrackCounter()  # what the dump of an empty table gives
+        empty.done = True
+        return empty
+    return dump_ctnetlink(open_socket=open_socket)
+
+
 def dump_ctnetlink(attempts=DUMP_ATTEMPTS, open_socket=open_ctnetlink_socket):
     """Dump this namespace's conntrack table; a counter (retried while the kernel flags NLM_F_DUMP_INTR).
 
@@ -391,7 +454,7 @@ def collect_conntrack(proc_root="/proc", sys_root="/sys", modules_root="/lib/mod
     is opened, and the block is the same as a namespace without a table.
     ``source`` is "ctnetlink" when the states come from a dump, None when they could
     not be read (states None, a warning says why).  ``ratio`` is count / max (None when
-    max is 0: no limit).  ``dump`` replaces :func:`dump_ctnetlink` (tests).
+    max is 0: no limit).  ``dump`` replaces :func:`read_states` (tests).
     """
     if not wanted:
         return dict(UNAVAILABLE_BLOCK), []
@@ -407,7 +470,7 @@ def collect_conntrack(proc_root="/proc", sys_root="/sys", modules_root="/lib/mod
         warnings.append(f"conntrack: {why}")
         return block, warnings
     try:
-        counter = (dump or dump_ctnetlink)()
+        counter = (dump or read_states)()
     except (DiagUnavailable, DiagError) as exc:
         warnings.append(f"conntrack: states not read: {exc}")
         return block, warnings

@@ -336,6 +336,69 @@ def test_dump_is_retried_while_the_kernel_says_it_was_interrupted(interrupted_du
     assert any("NLM_F_DUMP_INTR" in w for w in counter.warnings()) is warned
 
 
+# ---- IPCTNL_MSG_CT_GET_STATS: an empty table is not walked ------------------------------------------
+
+
+def read_stats(name, unprivileged=False):
+    """The recorded reply to build_stats_request() (seq 1), sent right before the fixture's dump."""
+    suffix = "_unprivileged" if unprivileged else ""
+    return read_chunk_file(os.path.join(FIXTURES, name, f"ctnetlink_stats{suffix}.chunks"))
+
+
+@pytest.mark.parametrize("name", ["tracked", "untracked"])
+def test_stats_reply_gives_the_entry_count_of_the_kernels_own_table(name):
+    states, other = proc_table(name)
+    assert ct.parse_stats_reply(read_stats(name)[0]) == sum(states.values()) + other
+
+
+def test_stats_refused_without_privilege_is_no_answer():
+    reply = read_stats("tracked", unprivileged=True)[0]
+    assert ct.NLMSGHDR.unpack_from(reply)[1] == ct.NLMSG_ERROR  # the kernel's EPERM
+    assert ct.parse_stats_reply(reply) is None
+
+
+def hostile_stats_replies():
+    good = read_stats("tracked")[0]
+    attr = ct.NFGEN_LEN  # the first attribute: CTA_STATS_GLOBAL_ENTRIES
+    yield "truncated header", good[:10]
+    yield "another sequence number", good[:8] + struct.pack("=I", 2) + good[12:]
+    yield "another message type", good[:4] + struct.pack("=H", ct.CT_ENTRY_TYPE) + good[6:]
+    yield "length past the datagram", struct.pack("=I", len(good) + 4) + good[4:]
+    yield "attribute past the message", good[:attr] + struct.pack("=H", 200) + good[attr + 2 :]
+    yield "attribute of length 0", good[:attr] + struct.pack("=H", 0) + good[attr + 2 :]
+    yield "entries of 2 bytes", good[:attr] + struct.pack("=H", 6) + good[attr + 2 :]
+    yield "no entries attribute", good[:attr] + struct.pack("=HH", 8, 9) + good[attr + 4 :]
+    yield "no attributes", struct.pack("=I", ct.NFGEN_LEN) + good[4 : ct.NFGEN_LEN]
+
+
+@pytest.mark.parametrize(("why", "reply"), list(hostile_stats_replies()))
+def test_hostile_stats_reply_is_no_answer(why, reply):
+    assert ct.parse_stats_reply(reply) is None, why
+
+
+@pytest.mark.parametrize(
+    ("name", "unprivileged", "requests"),
+    [
+        ("untracked", False, [ct.CT_GET_STATS_TYPE]),
+        ("tracked", False, [ct.CT_GET_STATS_TYPE, ct.CT_GET_TYPE]),
+        ("untracked", True, [ct.CT_GET_STATS_TYPE, ct.CT_GET_TYPE]),
+    ],
+)
+def test_read_states_dumps_unless_the_kernel_says_the_table_is_empty(name, unprivileged, requests):
+    dump = read_chunks(name)
+    streams = [read_stats(name, unprivileged), dump]
+    sent = []
+    counter = ct.read_states(open_socket=lambda: ReplaySocket(streams.pop(0), sent))
+    assert [ct.NLMSGHDR.unpack_from(request)[1] for request in sent] == requests
+    dumped = ct.ConntrackCounter().feed(dump)
+    assert (counter.result(), counter.other, counter.done, counter.warnings()) == (
+        dumped.result(),
+        dumped.other,
+        dumped.done,
+        dumped.warnings(),
+    )
+
+
 # ---- tcp_state_facts' `conntrack: false` --------------------------------------------------------
 
 
