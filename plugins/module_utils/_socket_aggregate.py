@@ -37,12 +37,11 @@ from ansible_collections.netstate.tcp.plugins.module_utils._netlink import (
     iter_diag_rows,
     message_layouts,
     normalize_state,
-)
-from ansible_collections.netstate.tcp.plugins.module_utils._procfs import parse_record_batches
-from ansible_collections.netstate.tcp.plugins.module_utils._socket_records import (
-    iter_record_batches,
     retry_interrupted,
 )
+
+# The /proc path (netlink refused) imports _socket_records and _procfs where it starts: AnsiballZ ships
+# module_utils as source, so each file imported is compiled again on every module run.
 
 TIMER_KINDS = ("retransmit", "persist", "keepalive", "time_wait", "zero_window", "max_retransmits")
 # The /proc path has no socket cookie: a socket is known by a 64-bit hash of its four-tuple there.
@@ -301,6 +300,8 @@ class SocketAggregator:
 
     def feed_procfs(self, family, lines):
         """Aggregate /proc/net/tcp or tcp6 text given line by line (malformed lines: one warning)."""
+        from ansible_collections.netstate.tcp.plugins.module_utils._procfs import parse_record_batches  # noqa: PLC0415
+
         return self.feed_records(family, parse_record_batches(lines, family, warnings=self.warnings), "procfs")
 
     def _add_listener(self, src, wire_port, accept_queue, backlog, inode):
@@ -476,6 +477,8 @@ def _check_states(option, names):
 
 
 def _feed_procfs(aggregator, family, record_tap=None):
+    from ansible_collections.netstate.tcp.plugins.module_utils._socket_records import iter_record_batches  # noqa: PLC0415
+
     try:
         batches = iter_record_batches(family, ALL_STATES_MASK, source="procfs", warnings=aggregator.warnings)
         aggregator.feed_records(family, batches if record_tap is None else record_tap.tap(family, batches), "procfs")
