@@ -24,9 +24,9 @@ import operator
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _forked
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import (
@@ -1131,75 +1131,14 @@ MERGE_FORK_MIN_BYTES = 16 * 2**20
 _CHILD_SHARE = 0.66
 
 
-class _PartialReader:
-    """A forked child reading some partial reports (_read_partial); its results come back marshalled
-    through a pipe: ("ok", [partials]) or ("error", message) for the ReportError of its first bad report.
-
-    The child writes nothing else anywhere and ends with os._exit (no Ansible or atexit handler runs twice).
-    """
-
-    def __init__(self, paths):
-        read_end, write_end = os.pipe()
-        try:
-            self.pid = os.fork()
-        except BaseException:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if self.pid == 0:
-            status = 1
-            try:
-                os.close(read_end)
-                try:
-                    answer = ("ok", [_read_partial(path) for path in paths])
-                except ReportError as exc:
-                    answer = ("error", str(exc))
-                data = memoryview(marshal.dumps(answer))
-                while data:
-                    data = data[os.write(write_end, data) :]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        self.read_end = read_end
-
-    def result(self):
-        """The child's answer, or None when it failed or its data is cut short (the caller reads those itself)."""
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(self.read_end, 1 << 22)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            self._reap()  # after the end of its data the child has ended; a failed read ends it with EPIPE
-        if self.status != 0:
-            return None
-        try:
-            answer = marshal.loads(b"".join(chunks))
-        except (EOFError, ValueError, TypeError):
-            return None
-        if answer[0] == "error":
-            raise ReportError(answer[1])
-        return answer[1]
-
-    def close(self):
-        """Reap the child (killed first when its answer was not read: the caller failed meanwhile)."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self._reap()
-
-    def _reap(self):
-        if self.read_end is not None:
-            os.close(self.read_end)
-            self.read_end = None
-        _pid, status = os.waitpid(self.pid, 0)
-        self.status, self.pid = status, None
+def _read_partials_marshalled(paths) -> bytes:
+    """In a forked child: ("ok", [_read_partial of each path]), or ("error", message) of the first bad
+    report, marshalled (entries are JSON data: marshal carries them, and loads them faster than JSON)."""
+    try:
+        answer = ("ok", [_read_partial(given) for given in paths])
+    except ReportError as exc:
+        answer = ("error", str(exc))
+    return marshal.dumps(answer)
 
 
 def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
@@ -1215,30 +1154,30 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
         except (OSError, ReportError):
             sizes.append(0)  # _read_partial names the problem
     total = sum(sizes)
-    if (
-        len(paths) < 2
-        or total < fork_min_bytes
-        or (os.cpu_count() or 1) < 2
-        or threading.active_count() > 1  # a fork copies other threads' locks, not the threads
-        or not hasattr(os, "fork")
-    ):
+    if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
         return [_read_partial(given) for given in paths]
     split, parent_bytes = 1, sizes[0]
     while split < len(paths) - 1 and parent_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
         parent_bytes += sizes[split]
         split += 1
     try:
-        child = _PartialReader(paths[split:])
+        child = _forked.ForkedCall(_read_partials_marshalled, paths[split:])
     except OSError:
         return [_read_partial(given) for given in paths]  # no process could be started (EAGAIN, ENOMEM)
     try:
         partials = [_read_partial(given) for given in paths[:split]]
-        theirs = child.result()
+        data = child.result()
     finally:
         child.close()
-    if theirs is None:
-        theirs = [_read_partial(given) for given in paths[split:]]
-    return partials + theirs
+    try:
+        answer = marshal.loads(data) if data is not None else None
+    except (EOFError, ValueError, TypeError):
+        answer = None
+    if answer is None:  # the child failed: its reports are read here
+        return partials + [_read_partial(given) for given in paths[split:]]
+    if answer[0] == "error":
+        raise ReportError(answer[1])
+    return partials + answer[1]
 
 
 @_without_cyclic_gc

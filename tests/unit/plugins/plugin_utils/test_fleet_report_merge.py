@@ -231,12 +231,12 @@ def children(monkeypatch):
     """The report paths each forked reader was given (a merge that forks none leaves this empty)."""
     given = []
 
-    class Counted(fr._PartialReader):
-        def __init__(self, paths):
+    class Counted(fr._forked.ForkedCall):
+        def __init__(self, function, paths):
             given.append(list(paths))
-            super().__init__(paths)
+            super().__init__(function, paths)
 
-    monkeypatch.setattr(fr, "_PartialReader", Counted)
+    monkeypatch.setattr(fr._forked, "ForkedCall", Counted)
     return given
 
 
