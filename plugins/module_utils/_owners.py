@@ -354,15 +354,15 @@ WALKERS = 2
 
 
 def _walk_records(proc, pids, counts_fds):
-    """One walker's pass (in a forked child) as records: (pid, count) and the inodes of each process, then
-    (-1, denied processes)."""
+    """One walker's pass (in a forked child) as one message of records: (pid, count) and the inodes of each
+    process, then (-1, denied processes)."""
     held, denied = _walk(proc, pids, counts_fds)
     chunks = []
     for pid, inodes in held.items():
         chunks.append(_RECORD.pack(pid, len(inodes)))
         chunks.append(array.array("Q", inodes).tobytes())
     chunks.append(_RECORD.pack(-1, denied))
-    return b"".join(chunks)
+    yield b"".join(chunks)
 
 
 def _decode_records(data):
@@ -402,8 +402,8 @@ class _ScanBeside:
         warnings = warnings if warnings is not None else []
         held, denied, failed = {}, 0, False
         for walker in self.walkers:
-            records = walker.result()
-            decoded = None if records is None else _decode_records(records)
+            messages, ended_well = walker.finish()
+            decoded = _decode_records(b"".join(messages)) if ended_well else None
             if decoded is None:
                 failed = True
                 continue

@@ -1123,29 +1123,32 @@ def _read_partial(given: str) -> tuple:
     return path, report["generated_at"], hosts, report.get("offenders") or {}
 
 
+def _partials_marshalled(paths):
+    """In a forked child: for each path, ("ok", _read_partial) marshalled as soon as it is read (entries are
+    JSON data: marshal carries them, and loads them faster than JSON), or ("error", message) for the first
+    bad report, and then no more."""
+    for given in paths:
+        try:
+            yield marshal.dumps(("ok", _read_partial(given)))
+        except ReportError as exc:
+            yield marshal.dumps(("error", str(exc)))
+            return
+
+
 # a merge of at least this many bytes of reports reads part of them in a forked child: the JSON parse of
-# the reports is most of a merge's time, and a second CPU halves it less the cost of sending entries back
+# the reports is most of a merge's time, and a second CPU takes part of it
 MERGE_FORK_MIN_BYTES = 16 * 2**20
-# the child's share of the bytes: the parent also unmarshals what the child sends (about half the cost
-# of reading it, measured), so the child takes more than half
-_CHILD_SHARE = 0.66
-
-
-def _read_partials_marshalled(paths) -> bytes:
-    """In a forked child: ("ok", [_read_partial of each path]), or ("error", message) of the first bad
-    report, marshalled (entries are JSON data: marshal carries them, and loads them faster than JSON)."""
-    try:
-        answer = ("ok", [_read_partial(given) for given in paths])
-    except ReportError as exc:
-        answer = ("error", str(exc))
-    return marshal.dumps(answer)
+# the child's share of the bytes: the caller also unmarshals what the child sends (about half the cost
+# of reading it, measured), between its own reports, so the child takes more than half
+_CHILD_SHARE = 0.6
 
 
 def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
     """_read_partial of every path, in order; the later ones in a forked child when the reports are large.
 
-    The parent reads the first paths, so when several reports are bad the first one is named, as one
-    process reading them in order would name it.
+    The caller reads the first paths and takes the child's reports between its own, so when several
+    reports are bad the first one is named, as one process reading them in order would name it.  When
+    the child fails, the caller reads the reports it did not send.
     """
     sizes = []
     for given in paths:
@@ -1156,28 +1159,31 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
     total = sum(sizes)
     if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
         return [_read_partial(given) for given in paths]
-    split, parent_bytes = 1, sizes[0]
-    while split < len(paths) - 1 and parent_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
-        parent_bytes += sizes[split]
+    split, caller_bytes = 1, sizes[0]
+    while split < len(paths) - 1 and caller_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
+        caller_bytes += sizes[split]
         split += 1
     try:
-        child = _forked.ForkedCall(_read_partials_marshalled, paths[split:])
+        child = _forked.ForkedCall(_partials_marshalled, paths[split:])
     except OSError:
         return [_read_partial(given) for given in paths]  # no process could be started (EAGAIN, ENOMEM)
+    answers = []
     try:
-        partials = [_read_partial(given) for given in paths[:split]]
-        data = child.result()
+        partials = []
+        for given in paths[:split]:
+            partials.append(_read_partial(given))
+            answers.extend(map(marshal.loads, child.poll()))
+        rest, ended_well = child.finish()
+        answers.extend(map(marshal.loads, rest))
     finally:
         child.close()
-    try:
-        answer = marshal.loads(data) if data is not None else None
-    except (EOFError, ValueError, TypeError):
-        answer = None
-    if answer is None:  # the child failed: its reports are read here
-        return partials + [_read_partial(given) for given in paths[split:]]
-    if answer[0] == "error":
-        raise ReportError(answer[1])
-    return partials + answer[1]
+    for kind, answer in answers:
+        if kind == "error":
+            raise ReportError(answer)
+        partials.append(answer)
+    if not ended_well:
+        partials.extend(_read_partial(given) for given in paths[split + len(answers) :])
+    return partials
 
 
 @_without_cyclic_gc
