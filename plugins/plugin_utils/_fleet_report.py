@@ -18,12 +18,15 @@ import heapq
 import html
 import io
 import json
+import marshal
 import math
 import operator
 import os
 import re
 import shutil
 import tempfile
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _forked
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import (
@@ -1104,36 +1107,98 @@ def entry_from_report(raw: dict) -> dict:
     return entry
 
 
+def _read_partial(given: str) -> tuple:
+    """One partial report read and checked as load_report checks it (the same refusal, naming the field), a
+    host at a time, while its objects are still in the CPU cache: (path, generated_at, [(name, answered,
+    entry)], offenders table)."""
+    path, report = _parse_report(given)
+    if not _REPORT_HEAD_CHECK.ok(report):
+        _refuse_report(path, report)
+    entry_ok = ENTRY_CHECK.ok
+    hosts = []
+    for raw in report["hosts"]:
+        if not entry_ok(raw):
+            _refuse_report(path, report)
+        hosts.append((raw["name"], raw["status"] == "ok", entry_from_report(raw)))
+    return path, report["generated_at"], hosts, report.get("offenders") or {}
+
+
+# a merge of at least this many bytes of reports reads part of them in a forked child: the JSON parse of
+# the reports is most of a merge's time, and a second CPU halves it less the cost of sending entries back
+MERGE_FORK_MIN_BYTES = 16 * 2**20
+# the child's share of the bytes: the parent also unmarshals what the child sends (about half the cost
+# of reading it, measured), so the child takes more than half
+_CHILD_SHARE = 0.66
+
+
+def _read_partials_marshalled(paths) -> bytes:
+    """In a forked child: ("ok", [_read_partial of each path]), or ("error", message) of the first bad
+    report, marshalled (entries are JSON data: marshal carries them, and loads them faster than JSON)."""
+    try:
+        answer = ("ok", [_read_partial(given) for given in paths])
+    except ReportError as exc:
+        answer = ("error", str(exc))
+    return marshal.dumps(answer)
+
+
+def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
+    """_read_partial of every path, in order; the later ones in a forked child when the reports are large.
+
+    The parent reads the first paths, so when several reports are bad the first one is named, as one
+    process reading them in order would name it.
+    """
+    sizes = []
+    for given in paths:
+        try:
+            sizes.append(os.path.getsize(report_path(given)))
+        except (OSError, ReportError):
+            sizes.append(0)  # _read_partial names the problem
+    total = sum(sizes)
+    if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
+        return [_read_partial(given) for given in paths]
+    split, parent_bytes = 1, sizes[0]
+    while split < len(paths) - 1 and parent_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
+        parent_bytes += sizes[split]
+        split += 1
+    try:
+        child = _forked.ForkedCall(_read_partials_marshalled, paths[split:])
+    except OSError:
+        return [_read_partial(given) for given in paths]  # no process could be started (EAGAIN, ENOMEM)
+    try:
+        partials = [_read_partial(given) for given in paths[:split]]
+        data = child.result()
+    finally:
+        child.close()
+    try:
+        answer = marshal.loads(data) if data is not None else None
+    except (EOFError, ValueError, TypeError):
+        answer = None
+    if answer is None:  # the child failed: its reports are read here
+        return partials + [_read_partial(given) for given in paths[split:]]
+    if answer[0] == "error":
+        raise ReportError(answer[1])
+    return partials + answer[1]
+
+
 @_without_cyclic_gc
-def merge_reports(paths) -> tuple[list, list, list]:
+def merge_reports(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> tuple[list, list, list]:
     """Partial reports (job slices, regions) -> (host pairs, offenders, sources) for build_report.
 
     A host in several reports is taken from the report where it answered (status ok), else from
     the newest; the offenders of each report are kept for the hosts taken from it. Each report's
     offenders are its top-N, so the top-N of their union is the top-N of the whole fleet.
-    Each report is checked as load_report checks it (the same refusal, naming the field), a host
-    at a time: checked and taken while its objects are still in the CPU cache.
+    Each report is checked as load_report checks it (_read_partial); large merges read part of
+    the reports in a forked child (_read_partials).
     """
     chosen: dict[str, tuple] = {}
     tables, sources = [], []
-    entry_ok = ENTRY_CHECK.ok
-    for index, given in enumerate(paths):
-        path, report = _parse_report(given)
-        if not _REPORT_HEAD_CHECK.ok(report):
-            _refuse_report(path, report)
-        generated_at = report["generated_at"]
-        for raw in report["hosts"]:
-            if not entry_ok(raw):
-                _refuse_report(path, report)
-            name = raw["name"]
+    for index, (path, generated_at, hosts, table) in enumerate(_read_partials(paths, fork_min_bytes)):
+        for name, answered, entry in hosts:
             taken = chosen.get(name)
-            if taken is None:
-                chosen[name] = (raw["status"] == "ok", generated_at, index), index, entry_from_report(raw)
-                continue
-            rank = (raw["status"] == "ok", generated_at, index)
-            if rank > taken[0]:
-                chosen[name] = rank, index, entry_from_report(raw)
-        tables.append(report.get("offenders") or {})
+            rank = (answered, generated_at, index)
+            if taken is None or rank > taken[0]:
+                chosen[name] = rank, index, entry
+        tables.append(table)
         sources.append({"path": os.path.abspath(path), "generated_at": generated_at})
     pairs = [(entry, None) for _rank, _index, entry in chosen.values()]
     offenders = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,86 @@ def test_names_of_one_shape_are_their_own_natural_keys():
     assert sorted(names) == sorted(names, key=fr.natural_key)
     mixed = ["web10", "web9"]
     assert fr.natural_keys(mixed) == [fr.natural_key(n) for n in mixed]
+
+
+def _slices(tmp_path, count=4):
+    """`count` report.json paths: distinct hosts per slice, one host in every slice (down in all but the
+    last slice, where it answered), so the choice of a host across slices is exercised."""
+    paths = []
+    for index in range(count):
+        report = written(tmp_path, name=f"w{index}", prefix=f"s{index}-")
+        shared = copy.deepcopy(ok_host(report)) if index == count - 1 else None
+        if shared is None:
+            shared = next(h for h in report["hosts"] if h["status"] != "ok")
+            shared = dict(shared)
+        shared["name"] = "everywhere"
+        report["hosts"].append(shared)
+        paths.append(save(tmp_path, report, name=f"slice{index}.json"))
+    return paths
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """The report paths each forked reader was given (a merge that forks none leaves this empty)."""
+    given = []
+
+    class Counted(fr._forked.ForkedCall):
+        def __init__(self, function, paths):
+            given.append(list(paths))
+            super().__init__(function, paths)
+
+    monkeypatch.setattr(fr._forked, "ForkedCall", Counted)
+    return given
+
+
+def test_a_forked_merge_equals_the_merge_in_one_process(tmp_path, children):
+    paths = _slices(tmp_path)
+    alone = fr.merge_reports(paths, fork_min_bytes=1 << 40)
+    assert children == []
+    forked = fr.merge_reports(paths, fork_min_bytes=0)
+    assert forked == alone
+    assert len(children) == 1 and children[0] == paths[-len(children[0]) :] and len(children[0]) < len(paths)
+    pairs, offenders, sources = forked
+    names = [entry["name"] for entry, _facts in pairs]
+    assert len(names) == len(set(names)) == 4 * (len(NAMES) + 1) + 1
+    everywhere = next(entry for entry, _facts in pairs if entry["name"] == "everywhere")
+    assert everywhere["status"] == "ok"  # the slice where it answered, read by the child
+    assert [source["path"] for source in sources] == paths
+    assert offenders  # the recorded leaks are offenders, some of them from the child's slices
+    report = fr.build_report(pairs, offenders=offenders)
+    assert fr.render_json(report) == fr.render_json(fr.build_report(alone[0], offenders=alone[1]))
+
+
+def test_a_bad_report_read_by_the_child_is_named_as_in_one_process(tmp_path, children):
+    paths = _slices(tmp_path, count=3)
+    bad = json.loads(Path(paths[2]).read_text())
+    bad["hosts"][0]["states"]["CLOSE_WAIT"] = -1
+    paths[2] = save(tmp_path, bad, name="bad.json")
+    with pytest.raises(fr.ReportError) as alone:
+        fr.merge_reports(paths, fork_min_bytes=1 << 40)
+    with pytest.raises(fr.ReportError) as forked:
+        fr.merge_reports(paths, fork_min_bytes=0)
+    assert str(forked.value) == str(alone.value)
+    assert "bad.json" in str(forked.value) and paths[2] in children[0]
+    # two bad reports: the first one is named, whichever process read it
+    paths[0] = save(tmp_path, bad, name="first-bad.json")
+    with pytest.raises(fr.ReportError, match=r"first-bad\.json"):
+        fr.merge_reports(paths, fork_min_bytes=0)
+
+
+def test_a_child_that_dies_hands_its_reports_back(tmp_path, monkeypatch, children):
+    paths = _slices(tmp_path, count=3)
+    parent = os.getpid()
+    read_partial = fr._read_partial
+
+    def dies_in_the_child(given):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read_partial(given)
+
+    alone = fr.merge_reports(paths, fork_min_bytes=1 << 40)
+    monkeypatch.setattr(fr, "_read_partial", dies_in_the_child)
+    assert fr.merge_reports(paths, fork_min_bytes=0) == alone
+    assert children
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the child was reaped
