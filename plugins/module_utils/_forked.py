@@ -146,7 +146,10 @@ class ForkedCall:
 
     def _reap(self):
         os.close(self._read_end)
-        _pid, status = os.waitpid(self.pid, 0)
+        try:
+            _pid, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = -1  # reaped by a SIGCHLD handler of the caller's: its end is unknown, so not well
         self.pid = None
         self._close_file()
         return status

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -72,3 +73,14 @@ def test_no_fork_beside_another_thread(monkeypatch):
     assert _forked.can_fork() is False
     monkeypatch.setattr(_forked.threading, "active_count", lambda: 1)
     assert _forked.can_fork() is ((os.cpu_count() or 1) >= 2)
+
+
+def test_a_child_reaped_by_someone_else_did_not_end_well():
+    # SIGCHLD ignored: the kernel reaps the child itself, so its exit status is lost
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        call = _forked.ForkedCall(lambda: iter([b"done"]))
+        messages, ended_well = call.finish()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert messages == [b"done"] and ended_well is False
