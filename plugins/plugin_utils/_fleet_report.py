@@ -1140,7 +1140,7 @@ def _partials_marshalled(paths):
 MERGE_FORK_MIN_BYTES = 16 * 2**20
 # the child's share of the bytes: the caller also unmarshals what the child sends (about half the cost
 # of reading it, measured), between its own reports, so the child takes more than half
-_CHILD_SHARE = 0.6
+_CHILD_SHARE = 0.53
 
 
 def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
@@ -1160,7 +1160,8 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
     if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
         return [_read_partial(given) for given in paths]
     split, caller_bytes = 1, sizes[0]
-    while split < len(paths) - 1 and caller_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
+    # a report goes to the caller when at least half of it fits in the caller's share
+    while split < len(paths) - 1 and caller_bytes + sizes[split] / 2 <= total * (1 - _CHILD_SHARE):
         caller_bytes += sizes[split]
         split += 1
     try:
