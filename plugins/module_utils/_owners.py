@@ -24,10 +24,9 @@ import array
 import os
 import pwd
 import re
-import signal
 import struct
-import sys
-import threading
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _forked
 
 PROC = "/proc"
 CMDLINE_MAX = 200
@@ -354,65 +353,16 @@ _RECORD = struct.Struct("=iI")  # pid (-1 ends the stream: then the count is the
 WALKERS = 2
 
 
-class _Walker:
-    """One forked child reading the socket fds of `pids`; its (pid, inodes) records come through a pipe.
-
-    The child writes nothing else anywhere (the module's result goes to stdout) and ends with os._exit.
-    """
-
-    def __init__(self, proc, pids, counts_fds):
-        read_end, write_end = os.pipe()
-        try:
-            self.pid = os.fork()
-        except BaseException:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if self.pid == 0:
-            status = 1
-            try:
-                os.close(read_end)
-                held, denied = _walk(proc, pids, counts_fds)
-                chunks = []
-                for pid, inodes in held.items():
-                    chunks.append(_RECORD.pack(pid, len(inodes)))
-                    chunks.append(array.array("Q", inodes).tobytes())
-                chunks.append(_RECORD.pack(-1, denied))
-                data = memoryview(b"".join(chunks))
-                while data:
-                    data = data[os.write(write_end, data) :]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        self.read_end = read_end
-
-    def collect(self):
-        """({pid: set of inodes}, denied), or None when the child failed or its records are cut short."""
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(self.read_end, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(self.read_end)
-            _pid, status = os.waitpid(self.pid, 0)
-            self.pid = None
-        return _decode_records(b"".join(chunks)) if status == 0 else None
-
-    def close(self):
-        """End the child when collect() was never called (the caller's dump failed)."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        os.close(self.read_end)
-        os.waitpid(self.pid, 0)
-        self.pid = None
+def _walk_records(proc, pids, counts_fds):
+    """One walker's pass (in a forked child) as one message of records: (pid, count) and the inodes of each
+    process, then (-1, denied processes)."""
+    held, denied = _walk(proc, pids, counts_fds)
+    chunks = []
+    for pid, inodes in held.items():
+        chunks.append(_RECORD.pack(pid, len(inodes)))
+        chunks.append(array.array("Q", inodes).tobytes())
+    chunks.append(_RECORD.pack(-1, denied))
+    yield b"".join(chunks)
 
 
 def _decode_records(data):
@@ -441,11 +391,9 @@ class _ScanBeside:
 
     def __init__(self, proc, shares, counts_fds):
         self.proc, self.walkers = proc, []
-        sys.stdout.flush()  # nothing buffered may be written twice (the module's result goes to stdout)
-        sys.stderr.flush()
         try:
             for pids in shares:
-                self.walkers.append(_Walker(proc, pids, counts_fds))
+                self.walkers.append(_forked.ForkedCall(_walk_records, proc, pids, counts_fds))
         except BaseException:
             self.close()
             raise
@@ -454,7 +402,8 @@ class _ScanBeside:
         warnings = warnings if warnings is not None else []
         held, denied, failed = {}, 0, False
         for walker in self.walkers:
-            decoded = walker.collect()
+            messages, ended_well = walker.finish()
+            decoded = _decode_records(b"".join(messages)) if ended_well else None
             if decoded is None:
                 failed = True
                 continue
@@ -493,8 +442,7 @@ def start_scan(proc=PROC):
     sockets' fds when the dump began.
     """
     counts_fds = _counts_fds(proc)
-    # a fork copies the locks other threads hold but not the threads (Python 3.12 warns about such forks)
-    if not counts_fds or (os.cpu_count() or 1) < 2 or threading.active_count() > 1 or not hasattr(os, "fork"):
+    if not counts_fds or not _forked.can_fork():
         return _ScanLater(proc)
     sized = []
     for pid in _all_pids(proc):

@@ -24,9 +24,9 @@ import operator
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
+
+from ansible_collections.netstate.tcp.plugins.module_utils import _forked
 
 # one source of truth for state names, severities and the facts schema: the managed-node code
 from ansible_collections.netstate.tcp.plugins.module_utils._diagnose import (
@@ -1123,90 +1123,32 @@ def _read_partial(given: str) -> tuple:
     return path, report["generated_at"], hosts, report.get("offenders") or {}
 
 
-# a merge of at least this many bytes of reports reads part of them in a forked child: the JSON parse of
-# the reports is most of a merge's time, and a second CPU halves it less the cost of sending entries back
-MERGE_FORK_MIN_BYTES = 16 * 2**20
-# the child's share of the bytes: the parent also unmarshals what the child sends (about half the cost
-# of reading it, measured), so the child takes more than half
-_CHILD_SHARE = 0.66
-
-
-class _PartialReader:
-    """A forked child reading some partial reports (_read_partial); its results come back marshalled
-    through a pipe: ("ok", [partials]) or ("error", message) for the ReportError of its first bad report.
-
-    The child writes nothing else anywhere and ends with os._exit (no Ansible or atexit handler runs twice).
-    """
-
-    def __init__(self, paths):
-        read_end, write_end = os.pipe()
+def _partials_marshalled(paths):
+    """In a forked child: for each path, ("ok", _read_partial) marshalled as soon as it is read (entries are
+    JSON data: marshal carries them, and loads them faster than JSON), or ("error", message) for the first
+    bad report, and then no more."""
+    for given in paths:
         try:
-            self.pid = os.fork()
-        except BaseException:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if self.pid == 0:
-            status = 1
-            try:
-                os.close(read_end)
-                try:
-                    answer = ("ok", [_read_partial(path) for path in paths])
-                except ReportError as exc:
-                    answer = ("error", str(exc))
-                data = memoryview(marshal.dumps(answer))
-                while data:
-                    data = data[os.write(write_end, data) :]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        self.read_end = read_end
-
-    def result(self):
-        """The child's answer, or None when it failed or its data is cut short (the caller reads those itself)."""
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(self.read_end, 1 << 22)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            self._reap()  # after the end of its data the child has ended; a failed read ends it with EPIPE
-        if self.status != 0:
-            return None
-        try:
-            answer = marshal.loads(b"".join(chunks))
-        except (EOFError, ValueError, TypeError):
-            return None
-        if answer[0] == "error":
-            raise ReportError(answer[1])
-        return answer[1]
-
-    def close(self):
-        """Reap the child (killed first when its answer was not read: the caller failed meanwhile)."""
-        if self.pid is None:
+            yield marshal.dumps(("ok", _read_partial(given)))
+        except ReportError as exc:
+            yield marshal.dumps(("error", str(exc)))
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self._reap()
 
-    def _reap(self):
-        if self.read_end is not None:
-            os.close(self.read_end)
-            self.read_end = None
-        _pid, status = os.waitpid(self.pid, 0)
-        self.status, self.pid = status, None
+
+# a merge of at least this many bytes of reports reads part of them in a forked child: the JSON parse of
+# the reports is most of a merge's time, and a second CPU takes part of it
+MERGE_FORK_MIN_BYTES = 16 * 2**20
+# the child's share of the bytes: the caller also unmarshals what the child sends (about half the cost
+# of reading it, measured), between its own reports, so the child takes more than half
+_CHILD_SHARE = 0.53
 
 
 def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
     """_read_partial of every path, in order; the later ones in a forked child when the reports are large.
 
-    The parent reads the first paths, so when several reports are bad the first one is named, as one
-    process reading them in order would name it.
+    The caller reads the first paths and takes the child's reports between its own, so when several
+    reports are bad the first one is named, as one process reading them in order would name it.  When
+    the child fails, the caller reads the reports it did not send.
     """
     sizes = []
     for given in paths:
@@ -1215,30 +1157,34 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
         except (OSError, ReportError):
             sizes.append(0)  # _read_partial names the problem
     total = sum(sizes)
-    if (
-        len(paths) < 2
-        or total < fork_min_bytes
-        or (os.cpu_count() or 1) < 2
-        or threading.active_count() > 1  # a fork copies other threads' locks, not the threads
-        or not hasattr(os, "fork")
-    ):
+    if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
         return [_read_partial(given) for given in paths]
-    split, parent_bytes = 1, sizes[0]
-    while split < len(paths) - 1 and parent_bytes + sizes[split] <= total * (1 - _CHILD_SHARE):
-        parent_bytes += sizes[split]
+    split, caller_bytes = 1, sizes[0]
+    # a report goes to the caller when at least half of it fits in the caller's share
+    while split < len(paths) - 1 and caller_bytes + sizes[split] / 2 <= total * (1 - _CHILD_SHARE):
+        caller_bytes += sizes[split]
         split += 1
     try:
-        child = _PartialReader(paths[split:])
+        child = _forked.ForkedCall(_partials_marshalled, paths[split:])
     except OSError:
         return [_read_partial(given) for given in paths]  # no process could be started (EAGAIN, ENOMEM)
+    answers = []
     try:
-        partials = [_read_partial(given) for given in paths[:split]]
-        theirs = child.result()
+        partials = []
+        for given in paths[:split]:
+            partials.append(_read_partial(given))
+            answers.extend(map(marshal.loads, child.poll()))
+        rest, ended_well = child.finish()
+        answers.extend(map(marshal.loads, rest))
     finally:
         child.close()
-    if theirs is None:
-        theirs = [_read_partial(given) for given in paths[split:]]
-    return partials + theirs
+    for kind, answer in answers:
+        if kind == "error":
+            raise ReportError(answer)
+        partials.append(answer)
+    if not ended_well:
+        partials.extend(_read_partial(given) for given in paths[split + len(answers) :])
+    return partials
 
 
 @_without_cyclic_gc

@@ -7,6 +7,8 @@ Fixtures:
     lab             module: Lab of 6 hosts without sshd shared by the tests of one module
     ssh_lab         session: Lab with 3 ssh hosts (h1..h3) and an Ansible inventory (ssh_lab.inventory_path)
     ansible_env     session: environment for ansible-playbook/ansible subprocesses (ANSIBLE_CONFIG, collections path)
+    nobody          session: runs Python as nobody (uid 65534) on a world-readable copy of the collection
+                    (unprivileged.Nobody); skips the test when setpriv or a Python nobody can run is missing
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import sys
 
 import pytest
+from unprivileged import Nobody, interpreter_for_nobody, setpriv_nobody
 
 from netstate_lab import Lab, PrerequisiteError, check_prerequisites
 
@@ -93,3 +96,19 @@ def ansible_env():
     if shutil.which("ansible-playbook", path=env["PATH"]) is None:
         pytest.skip("ansible-playbook not found in the venv")
     return env
+
+
+@pytest.fixture(scope="session")
+def nobody():
+    """Nobody's world-readable tree and interpreter (see unprivileged.py), removed at the end of the session."""
+    setpriv = setpriv_nobody()
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not found: it switches to nobody")
+    python, why_not = interpreter_for_nobody()
+    if python is None:
+        pytest.skip(why_not)
+    tree = Nobody(setpriv, python)
+    try:
+        yield tree
+    finally:
+        tree.remove()

@@ -14,11 +14,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
-from lab_probes import COLLECTIONS, gather
+from lab_probes import gather
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _conntrack, _netns
 
@@ -176,14 +175,10 @@ print(json.dumps(_conntrack.collect_conntrack()))
 """
 
 
-def test_unprivileged_gets_the_figures_and_a_warning(bare_host):
+def test_unprivileged_gets_the_figures_and_a_warning(bare_host, nobody):
     """nfnetlink wants CAP_NET_ADMIN for a dump: without it the figures stay and the states are null, with a reason."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) not found")
     sc = bare_host.start_scenario("conntrack", count=5)
-    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED]
-    res = bare_host.run([*cmd, COLLECTIONS], check=True)
+    res = bare_host.run(nobody.command("-c", UNPRIVILEGED, nobody.collections), check=True)
     block, warnings = json.loads(res.stdout)
     assert block["available"] is True and block["count"] == sum(sc.report["expected_conntrack"].values())
     assert block["states"] is None and block["source"] is None

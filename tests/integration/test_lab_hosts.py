@@ -412,21 +412,15 @@ def test_cli_missing_prerequisite_is_one_line_exit_2(lab_available, tmp_path):
         assert cli("down", "--state-dir", state).returncode == 0
 
 
-def test_cli_not_root_is_one_line_exit_2(tmp_path):
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv missing")
-    env = dict(os.environ, PYTHONPATH=LAB_PARENT)
+def test_cli_not_root_is_one_line_exit_2(nobody):
     res = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "netstate_lab.cli", "up"],
+        nobody.command("-m", "netstate_lab.cli", "up", lab=True),
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
         check=False,
         cwd="/",
     )
-    if "Permission denied" in res.stderr and "netstate-lab" not in res.stderr:
-        pytest.skip("the venv is not readable by nobody")
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("netstate-lab: ") and res.stderr.count("\n") == 1
     assert "root" in res.stderr

@@ -231,8 +231,9 @@ def test_interval_gives_rates_and_persistent_sockets(lab):
         zero_window.stop()
 
 
-def ansiballz(args, workdir):
-    """The module's real AnsiballZ payload (as Ansible ships it to a host) with `args` embedded."""
+def ansiballz(args, nobody):
+    """The module's real AnsiballZ payload (as Ansible ships it to a host) with `args` embedded, readable by nobody."""
+    workdir = nobody.workdir("facts-")
     keep = Path(tempfile.mkdtemp(prefix="remote-tmp-", dir=workdir))
     env = dict(
         os.environ,
@@ -258,41 +259,19 @@ def ansiballz(args, workdir):
     return str(target)
 
 
-@pytest.fixture
-def world_readable_dir():
-    path = Path(tempfile.mkdtemp(prefix="nsf-facts-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-def run_as_nobody(host, payload):
-    res = host.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "env",
-            "HOME=/tmp",
-            "/usr/bin/python3",
-            payload,
-        ],
-        timeout=120,
-    )
+def run_as_nobody(host, nobody, payload):
+    # the payload carries its module_utils: nothing of the collection on PYTHONPATH
+    res = host.run(nobody.command(payload, collection=False), timeout=120)
     assert "Traceback" not in res.stdout + res.stderr
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads(res.stdout)
 
 
-@pytest.mark.skipif(not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"), reason="needs setpriv")
-def test_non_root_reports_what_it_can_and_warns(lab, world_readable_dir):
+def test_non_root_reports_what_it_can_and_warns(lab, nobody):
     host = lab.hosts[0]
     sc = host.start_scenario("close_wait_leak", count=20)
     try:
-        result = run_as_nobody(host, ansiballz({"owners": ["CLOSE_WAIT", "LISTEN"]}, world_readable_dir))
+        result = run_as_nobody(host, nobody, ansiballz({"owners": ["CLOSE_WAIT", "LISTEN"]}, nobody))
         assert result.get("failed") is not True, result.get("msg")
         facts = result["ansible_facts"]["tcp_state"]
         # sock_diag works unprivileged: counts are complete.
@@ -303,9 +282,7 @@ def test_non_root_reports_what_it_can_and_warns(lab, world_readable_dir):
         assert any("permission denied" in warning for warning in facts["warnings"])
 
         # Two samples (interval) meet the same unenterable namespace twice: one warning each all the same.
-        result = run_as_nobody(
-            host, ansiballz({"namespaces": "all", "owners": [], "interval": 0.1}, world_readable_dir)
-        )
+        result = run_as_nobody(host, nobody, ansiballz({"namespaces": "all", "owners": [], "interval": 0.1}, nobody))
         assert result.get("failed") is not True, result.get("msg")
         warnings = result["ansible_facts"]["tcp_state"]["warnings"]
         cannot_enter = [warning for warning in warnings if f"namespace {lab.hosts[1].name}: cannot enter" in warning]

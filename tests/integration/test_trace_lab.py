@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 import threading
 
 import pytest
-from lab_probes import COLLECTIONS, GATHER, facts_over_ansible, gather_all
+from lab_probes import GATHER, facts_over_ansible, gather_all
 from trace_probes import (
     INSTANCE,
     instances_of,
@@ -184,22 +183,18 @@ def test_host_mount_table_unchanged(bare_host, no_instance_left):
     assert host_tracefs_mounts() == before
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
-def test_unprivileged_gets_a_reason_and_changes_nothing(bare_host, no_instance_left):
+def test_unprivileged_gets_a_reason_and_changes_nothing(bare_host, no_instance_left, nobody):
     before = tracefs_instances()
-    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    tracer = start_tracer(bare_host, 1, [bare_host.netns_inode], user_args=user)
+    tracer = start_tracer(bare_host, 1, [bare_host.netns_inode], python=nobody.command())
     no_instance_left.append(tracer)
     result = tracer_result(tracer)
     assert "root" in result["unavailable"]
     assert tracefs_instances() == before
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
-def test_facts_without_privilege_have_a_null_churn_and_say_why(bare_host):
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+def test_facts_without_privilege_have_a_null_churn_and_say_why(bare_host, nobody):
     options = {"trace": 1, "owners": []}
-    res = bare_host.run([*nobody, sys.executable, "-c", GATHER, COLLECTIONS, json.dumps(options)], timeout=120)
+    res = bare_host.run(nobody.command("-c", GATHER, nobody.collections, json.dumps(options)), timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     state = json.loads(res.stdout)["tcp_state"]
     assert state["churn"]["source"] is None

@@ -68,13 +68,15 @@ def env():
     return environ
 
 
-def start_tracer(host, seconds, inodes, user_args=(), prelude=""):
+def start_tracer(host, seconds, inodes, user_args=(), prelude="", *, python=(sys.executable,)):
     """A tracer process (Popen) inside `host`; its pid owns the instance (ip netns exec execs).
 
-    `prelude`: Python run before the session (after the imports), e.g. to make the setup fail.
+    `user_args`: a command that wraps the tracer (e.g. unshare). `python`: the argv that runs Python
+    (the nobody fixture's ``nobody.command()`` runs it as nobody). `prelude`: Python run before the
+    session (after the imports), e.g. to make the setup fail.
     """
     script = TRACER.replace("warnings = []\n", prelude + "\nwarnings = []\n", 1)
-    cmd = host.exec_args([*user_args, sys.executable, "-c", script, str(seconds), *[str(i) for i in inodes]])
+    cmd = host.exec_args([*user_args, *python, "-c", script, str(seconds), *[str(i) for i in inodes]])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
 
 

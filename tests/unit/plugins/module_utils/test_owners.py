@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 
 import pytest
@@ -345,7 +346,7 @@ def test_a_walker_that_dies_leaves_the_pass_to_the_caller(monkeypatch, own_liste
     monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)
     scan = co.start_scan()
     try:
-        os.kill(scan.walkers[0].pid, co.signal.SIGKILL)
+        os.kill(scan.walkers[0].pid, signal.SIGKILL)
         held = scan.result(own_listeners, [])
     finally:
         scan.close()

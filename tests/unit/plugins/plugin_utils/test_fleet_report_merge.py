@@ -231,12 +231,12 @@ def children(monkeypatch):
     """The report paths each forked reader was given (a merge that forks none leaves this empty)."""
     given = []
 
-    class Counted(fr._PartialReader):
-        def __init__(self, paths):
+    class Counted(fr._forked.ForkedCall):
+        def __init__(self, function, paths):
             given.append(list(paths))
-            super().__init__(paths)
+            super().__init__(function, paths)
 
-    monkeypatch.setattr(fr, "_PartialReader", Counted)
+    monkeypatch.setattr(fr._forked, "ForkedCall", Counted)
     return given
 
 
@@ -276,18 +276,22 @@ def test_a_bad_report_read_by_the_child_is_named_as_in_one_process(tmp_path, chi
 
 
 def test_a_child_that_dies_hands_its_reports_back(tmp_path, monkeypatch, children):
-    paths = _slices(tmp_path, count=3)
+    paths = _slices(tmp_path, count=4)
     parent = os.getpid()
     read_partial = fr._read_partial
 
     def dies_in_the_child(given):
-        if os.getpid() != parent:
+        # the child sends its first report, then dies: the caller reads the others itself
+        if os.getpid() != parent and given != child_paths[0]:
             os.kill(os.getpid(), signal.SIGKILL)
         return read_partial(given)
 
     alone = fr.merge_reports(paths, fork_min_bytes=1 << 40)
+    fr.merge_reports(paths, fork_min_bytes=0)
+    child_paths = children.pop()
+    assert len(child_paths) >= 2  # one sent, the others read by the caller
     monkeypatch.setattr(fr, "_read_partial", dies_in_the_child)
     assert fr.merge_reports(paths, fork_min_bytes=0) == alone
-    assert children
+    assert children == [child_paths]
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # the child was reaped
