@@ -353,11 +353,16 @@ class _ScanLater:
 _RECORD = struct.Struct("=iI")  # pid (-1 ends the stream: then the count is the denied processes), inode count
 # at most this many walkers: the pass overlaps the dump on a second CPU; more would only crowd a busy host
 WALKERS = 2
+WALKER_NICENESS = 10
 
 
 def _walk_records(proc, pids, counts_fds):
     """One walker's pass (in a forked child) as one message of records: (pid, count) and the inodes of each
     process, then (-1, denied processes)."""
+    # below the caller and the host's own work: the dump beside it runs at full speed on one CPU and
+    # the walkers take what is left (measured through Ansible at 300k sockets: the run's best 2.81 s
+    # against 3.14 s at the caller's priority)
+    os.nice(WALKER_NICENESS)
     held, denied = _walk(proc, pids, counts_fds)
     chunks = []
     for pid, inodes in held.items():

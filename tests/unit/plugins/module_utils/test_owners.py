@@ -375,3 +375,18 @@ def test_few_fds_or_a_fake_proc_start_no_process(tmp_path, monkeypatch):
     with socket.socket() as sock:
         inode = os.fstat(sock.fileno()).st_ino
         assert scan.result({inode}) == {os.getpid(): [inode]}
+
+
+@needs_fd_count
+def test_walkers_run_below_the_caller(monkeypatch):
+    # the niceness each walker's pass runs at, sent back in place of a pid
+    monkeypatch.setattr(co, "OVERLAP_MIN_FDS", 0)
+    monkeypatch.setattr(co, "_walk", lambda proc, pids, counts_fds: ({os.getpriority(os.PRIO_PROCESS, 0): {1}}, 0))
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    scan = co.start_scan()
+    try:
+        held = scan.result(co.ALL_SOCKETS, [])
+    finally:
+        scan.close()
+    assert set(held) == {min(ours + co.WALKER_NICENESS, 19)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours
