@@ -789,6 +789,11 @@ def _without_cyclic_gc(function):
             return function(*args, **kwargs)
         finally:
             if enabled:
+                # everything made meanwhile is still in the youngest generation, whose first collection
+                # would scan all of it (0.4-0.6 s after a 100,000-host merge): move it to the oldest
+                # generation as survivors of collections would be, without scanning (freeze, then unfreeze)
+                gc.freeze()
+                gc.unfreeze()
                 gc.enable()
 
     return paused
@@ -804,7 +809,7 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offend
     adds ready (count, kind, item) offenders (from partial reports, see merge_reports).
     """
     compiled = compile_query(query) if query else None
-    state_sums = [0] * len(STATES)
+    state_rows = []
     totals_findings: dict[str, int] = {}
     by_severity = dict.fromkeys(SEVERITIES, 0)
     by_status = dict.fromkeys(STATUSES, 0)
@@ -819,8 +824,7 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offend
             ranks.append((-SEVERITY_ORDER[entry["severity"]], -len(findings), -1))
             continue
         ranks.append((-SEVERITY_ORDER[entry["severity"]], -len(findings), 0))
-        # summed in C: no Python loop over the states of each of 100,000 hosts
-        state_sums = list(map(operator.add, state_sums, _STATE_COUNTS(entry["states"])))
+        state_rows.append(_STATE_COUNTS(entry["states"]))
         if findings:
             seen_codes = set()
             for finding in findings:
@@ -832,6 +836,8 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offend
                     findings_by_code.setdefault(code, []).append(entry["name"])
         if facts is not None:
             worst.add_host(entry["name"], facts)
+    # summed in C, a column per state: no Python loop over the states of each of 100,000 hosts
+    state_sums = list(map(sum, zip(*state_rows))) if state_rows else [0] * len(STATES)
     for offender in offenders:
         worst.offer(*offender)
     # each name's natural key once: for the host order and for every findings_by_code list
