@@ -103,13 +103,7 @@ class ForkedCall:
             return []
         os.set_blocking(self._read_end, False)
         try:
-            while True:
-                chunk = os.read(self._read_end, 1 << 16)
-                if not chunk:
-                    break
-                self._spans += chunk
-        except BlockingIOError:
-            pass
+            self._read_spans()
         finally:
             os.set_blocking(self._read_end, True)
         return self._take()
@@ -120,15 +114,23 @@ class ForkedCall:
         if self.pid is None:
             return [], False
         try:
-            while True:
-                chunk = os.read(self._read_end, 1 << 16)
-                if not chunk:
-                    break
-                self._spans += chunk
+            self._read_spans()  # blocking: up to the child's end
             messages = self._take()
         finally:
             status = self._reap()
         return messages, status == 0
+
+    def _read_spans(self):
+        """Add what the pipe holds to the spans read so far: up to the child's end, or (non-blocking) to
+        what is there now."""
+        try:
+            while True:
+                chunk = os.read(self._read_end, 1 << 16)
+                if not chunk:
+                    return
+                self._spans += chunk
+        except BlockingIOError:
+            return
 
     def close(self):
         """End and reap the child when finish() was not reached (the caller failed meanwhile)."""
