@@ -196,7 +196,6 @@ FD_COUNT_KERNEL = (6, 2)
 PROBE_MISSES = 32
 # a host with fewer fds than this is walked after the dump, in the module's process (a few hundredths of a second)
 OVERLAP_MIN_FDS = 20000
-_SOCKET_LINK = re.compile(rb"socket:\[(\d+)\]")
 # every link that is exactly socket:[<digits>], in links joined by NUL
 _SOCKET_LINKS = re.compile(rb"(?:^|(?<=\0))socket:\[(\d+)\](?=\0|\Z)")
 
@@ -206,12 +205,6 @@ def _kernel_counts_fds(release=None):
     release = release if release is not None else os.uname().release
     match = re.match(r"(\d+)\.(\d+)", release)
     return bool(match) and (int(match.group(1)), int(match.group(2))) >= FD_COUNT_KERNEL
-
-
-def _socket_inode(link):
-    """The inode of a `socket:[12345]` link (bytes), else None."""
-    match = _SOCKET_LINK.fullmatch(link)
-    return int(match.group(1)) if match else None
 
 
 def _fd_links(dir_fd, count):
@@ -250,10 +243,15 @@ def _counts_fds(proc):
     return proc == PROC and _kernel_counts_fds()
 
 
+def _link_socket_inodes(links):
+    """The set of inodes of the links (bytes) that are exactly `socket:[12345]`."""
+    # one regex pass over the links joined by NUL (no link holds one) instead of a check per link
+    return set(map(int, _SOCKET_LINKS.findall(b"\0".join(links))))
+
+
 def _socket_inodes(dir_fd, count=0):
     """The set of socket inodes among the fds of one open /proc/<pid>/fd directory."""
-    # one regex pass over the links joined by NUL (no link holds one) instead of a check per link
-    return set(map(int, _SOCKET_LINKS.findall(b"\0".join(_fd_links(dir_fd, count)))))
+    return _link_socket_inodes(_fd_links(dir_fd, count))
 
 
 def _process_socket_inodes(proc, pid, counts_fds):

@@ -292,9 +292,12 @@ def test_probing_finds_every_socket_of_a_sparse_fd_table():
 
 
 def test_socket_links_are_read_strictly():
-    assert co._socket_inode(b"socket:[42]") == 42
-    for link in (b"socket:[]", b"socket:[12x]", b"socket:[42", b"pipe:[5]", b"/tmp/socket:[1]", b"socket:[-1]"):
-        assert co._socket_inode(link) is None
+    assert co._link_socket_inodes([b"socket:[42]"]) == {42}
+    bad = (b"socket:[]", b"socket:[12x]", b"socket:[42", b"pipe:[5]", b"/tmp/socket:[1]", b"socket:[-1]")
+    for link in bad:
+        assert co._link_socket_inodes([link]) == set()
+        # nor when it sits between good links (the links are read joined)
+        assert co._link_socket_inodes([b"socket:[7]", link, b"socket:[8]"]) == {7, 8}
 
 
 def test_walker_records_cut_short_are_refused():
