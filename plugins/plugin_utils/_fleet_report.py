@@ -1156,6 +1156,8 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
     reports are bad the first one is named, as one process reading them in order would name it.  When
     the child fails, the caller reads the reports it did not send.
     """
+    if len(paths) < 2 or not _forked.can_fork():
+        return [_read_partial(given) for given in paths]
     sizes = []
     for given in paths:
         try:
@@ -1163,7 +1165,7 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
         except (OSError, ReportError):
             sizes.append(0)  # _read_partial names the problem
     total = sum(sizes)
-    if len(paths) < 2 or total < fork_min_bytes or not _forked.can_fork():
+    if total < fork_min_bytes:
         return [_read_partial(given) for given in paths]
     split, caller_bytes = 1, sizes[0]
     # a report goes to the caller when at least half of it fits in the caller's share
