@@ -263,6 +263,10 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 
 exit_on_old_python("tcp_socket_info")  # before the module_utils below: they need Python 3.7 syntax
 
+from ansible_collections.netstate.tcp.plugins.module_utils._zip_import import compile_each_once
+
+compile_each_once()  # AnsiballZ imports the module_utils below from a zip: compile each once, not twice
+
 from ansible_collections.netstate.tcp.plugins.module_utils._netlink import DiagError, DiagUnavailable
 from ansible_collections.netstate.tcp.plugins.module_utils._socket_info import (
     SORT_KEYS,

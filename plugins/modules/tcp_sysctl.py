@@ -299,6 +299,10 @@ from ansible_collections.netstate.tcp.plugins.module_utils._python_version impor
 
 exit_on_old_python("tcp_sysctl")  # before the module_utils below: they need Python 3.7 syntax
 
+from ansible_collections.netstate.tcp.plugins.module_utils._zip_import import compile_each_once
+
+compile_each_once()  # AnsiballZ imports the module_utils below from a zip: compile each once, not twice
+
 from ansible_collections.netstate.tcp.plugins.module_utils._atomic_file import module_mover
 from ansible_collections.netstate.tcp.plugins.module_utils._remediation import ORPHAN_RETRIES, PROFILES
 from ansible_collections.netstate.tcp.plugins.module_utils._sysctl import (
