@@ -155,15 +155,7 @@ def test_audit_fails_when_limit_leaves_no_audited_host(tmp_path):
 
 
 def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):
-    inventory = tmp_path / "inventory.yml"
-    marker = tmp_path / "touched"
-    # a host whose "python" leaves a mark: it must never be run
-    fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
-    fake.chmod(0o755)
-    inventory.write_text(
-        json.dumps({"all": {"hosts": {"h": {"ansible_connection": "local", "ansible_python_interpreter": str(fake)}}}})
-    )
+    inventory, marker = untouchable_host(tmp_path)
     out = tmp_path / "reports"
     done = playbook(
         "-i",
@@ -177,6 +169,46 @@ def test_audit_playbook_rejects_bad_thresholds_before_touching_a_host(tmp_path):
     assert done.returncode != 0
     assert "audit_thresholds: thresholds: unknown key 'close_wait_warn'; valid keys:" in done.stdout
     assert "close_wait_warning" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Gather tcp_state facts" not in done.stdout
+    assert not marker.exists()
+    assert not out.exists()
+
+
+def untouchable_host(tmp_path):
+    """(inventory, marker): one host whose "python" leaves the marker file; a check before any host must stop first."""
+    inventory, marker = tmp_path / "inventory.yml", tmp_path / "touched"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    inventory.write_text(
+        json.dumps({"all": {"hosts": {"h": {"ansible_connection": "local", "ansible_python_interpreter": str(fake)}}}})
+    )
+    return inventory, marker
+
+
+@pytest.mark.parametrize(
+    ("formats", "shown"),
+    [('["json", "yaml"]', "['json', 'yaml']"), ('"json"', "json"), ('["prom"]', "['prom']")],
+    ids=["unknown-format", "a-string", "no-file-format"],
+)
+def test_audit_playbook_rejects_bad_formats_before_touching_a_host(tmp_path, formats, shown):
+    inventory, marker = untouchable_host(tmp_path)
+    out = tmp_path / "reports"
+    done = playbook(
+        "-i",
+        str(inventory),
+        "playbooks/audit.yml",
+        "-e",
+        f"audit_output_dir={out}",
+        "-e",
+        f'{{"audit_formats": {formats}}}',
+    )
+    assert done.returncode != 0
+    assert (
+        "audit_formats must be a list of json, md, html, csv, prom with at least one of json, md, html, csv; "
+        f"got {shown}"
+    ) in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     assert "Gather tcp_state facts" not in done.stdout
     assert not marker.exists()
