@@ -23,11 +23,11 @@ from ansible_collections.netstate.tcp.plugins.plugin_utils._fleet_report import 
     FORMATS,
     RENDERERS,
     ReportError,
+    build_merged_report,
     build_report,
     compare_reports,
     host_entry,
     load_report,
-    merge_reports,
     render_prom,
     summary_table,
     write_reports,
@@ -107,9 +107,7 @@ class ActionModule(ActionBase):
 
     def _build(self, args, hostvars) -> dict:
         if args["merge"]:
-            pairs, offenders, sources = merge_reports(args["merge"])
-            report = build_report(pairs, query=args["query"], offenders=offenders)
-            report["merged_from"] = sources
+            report = build_merged_report(args["merge"], query=args["query"])
         else:
             in_play = set(args["play_hosts"] if args["play_hosts"] is not None else args["hosts"])
 

@@ -17,6 +17,7 @@ import gc
 import heapq
 import html
 import io
+import itertools
 import json
 import marshal
 import math
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from typing import NamedTuple
 
 from ansible_collections.netstate.tcp.plugins.module_utils import _forked
 
@@ -799,22 +801,34 @@ def _without_cyclic_gc(function):
     return paused
 
 
-@_without_cyclic_gc
-def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offenders=()) -> dict:
-    """Aggregate the fleet.
+class _Tally(NamedTuple):
+    """What build_report sums over hosts, made in one pass over them (_tally).
 
-    ``hosts`` is an iterable of ``(entry, facts)`` pairs: the host entry from
-    :func:`host_entry` and the raw tcp_state dict it came from (or None), which
-    is read once more here for the offenders and then dropped. ``offenders``
-    adds ready (count, kind, item) offenders (from partial reports, see merge_reports).
+    Plain data: a merge's reader makes the tally of its report's hosts while their objects are still
+    in the CPU cache, a forked reader sends it marshalled as a tuple, and the tallies of reports with
+    no host in common add up (_add_tallies) to the tally of all their hosts.
     """
-    compiled = compile_query(query) if query else None
+
+    entries: list
+    names: list
+    # per entry: (-severity order, -findings, -1 for a host that gave no states, else 0)
+    ranks: list
+    by_status: dict
+    by_severity: dict
+    totals_findings: dict
+    # each code's hosts, in the order of entries (sorted by build_report)
+    findings_by_code: dict
+    # per state of STATES, in that order
+    state_sums: list
+
+
+def _tally(hosts, worst=None) -> _Tally:
+    """The tally of ``(entry, facts)`` pairs; ``worst`` (a _TopN), when given, takes the offenders of the facts."""
     state_rows = []
     totals_findings: dict[str, int] = {}
     by_severity = dict.fromkeys(SEVERITIES, 0)
     by_status = dict.fromkeys(STATUSES, 0)
     findings_by_code: dict[str, list[str]] = {}
-    worst = _TopN(top)
     entries, ranks = [], []
     for entry, facts in hosts:
         entries.append(entry)
@@ -834,31 +848,70 @@ def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, offend
                 if code not in seen_codes:
                     seen_codes.add(code)
                     findings_by_code.setdefault(code, []).append(entry["name"])
-        if facts is not None:
+        if facts is not None and worst is not None:
             worst.add_host(entry["name"], facts)
-    # summed in C, a column per state: no Python loop over the states of each of 100,000 hosts
+    # summed in C, a column per state: no Python loop over the states of each host
     state_sums = list(map(sum, zip(*state_rows))) if state_rows else [0] * len(STATES)
+    names = list(map(_NAME, entries))
+    return _Tally(entries, names, ranks, by_status, by_severity, totals_findings, findings_by_code, state_sums)
+
+
+def _add_tallies(tallies) -> _Tally:
+    """One tally of the hosts of several (whose hosts are distinct: a host in two would count twice)."""
+    if len(tallies) == 1:
+        return tallies[0]
+    total = _Tally([], [], [], dict.fromkeys(STATUSES, 0), dict.fromkeys(SEVERITIES, 0), {}, {}, [0] * len(STATES))
+    for part in tallies:
+        total.entries.extend(part.entries)
+        total.names.extend(part.names)
+        total.ranks.extend(part.ranks)
+        for counts, more in (
+            (total.by_status, part.by_status),
+            (total.by_severity, part.by_severity),
+            (total.totals_findings, part.totals_findings),
+        ):
+            for key, count in more.items():
+                counts[key] = counts.get(key, 0) + count
+        for code, named in part.findings_by_code.items():
+            total.findings_by_code.setdefault(code, []).extend(named)
+        total.state_sums[:] = map(operator.add, total.state_sums, part.state_sums)
+    return total
+
+
+@_without_cyclic_gc
+def build_report(hosts, query=None, generated_at=None, top=OFFENDERS_TOP, *, offenders=(), tallies=()) -> dict:
+    """Aggregate the fleet.
+
+    ``hosts`` is an iterable of ``(entry, facts)`` pairs: the host entry from
+    :func:`host_entry` and the raw tcp_state dict it came from (or None), which
+    is read once more here for the offenders and then dropped. ``offenders``
+    adds ready (count, kind, item) offenders and ``tallies`` ready tallies of
+    other hosts (from partial reports, see merge_reports).
+    """
+    compiled = compile_query(query) if query else None
+    worst = _TopN(top)
+    tally = _add_tallies([_tally(hosts, worst), *tallies])
+    entries, ranks, state_sums = tally.entries, tally.ranks, tally.state_sums
     for offender in offenders:
         worst.offer(*offender)
     # each name's natural key once: for the host order and for every findings_by_code list
-    names = list(map(_NAME, entries))
-    keys = natural_keys(names)
-    natural = dict(zip(names, keys))
+    keys = natural_keys(tally.names)
+    natural = dict(zip(tally.names, keys))
     hosts_in_order = sorted(zip(ranks, keys, entries), key=_RANK_AND_NAME)
     totals_states = dict(zip(STATES, state_sums))
     report = {
         "schema": REPORT_SCHEMA,
         "generated_at": generated_at or utc_now(),
-        "fleet": {"hosts": len(entries), **by_status},
+        "fleet": {"hosts": len(entries), **tally.by_status},
         "totals": {
             "states": totals_states,
             "sockets": sum(state_sums),
-            "findings": dict(sorted(totals_findings.items())),
-            "severities": by_severity,
+            "findings": dict(sorted(tally.totals_findings.items())),
+            "severities": tally.by_severity,
         },
         "hosts": list(map(_ENTRY, hosts_in_order)),
         "findings_by_code": {
-            code: sorted(named, key=natural.__getitem__) for code, named in sorted(findings_by_code.items())
+            code: sorted(named, key=natural.__getitem__) for code, named in sorted(tally.findings_by_code.items())
         },
         "offenders": worst.result(),
     }
@@ -1115,18 +1168,23 @@ def entry_from_report(raw: dict) -> dict:
 
 def _read_partial(given: str) -> tuple:
     """One partial report read and checked as load_report checks it (the same refusal, naming the field), a
-    host at a time, while its objects are still in the CPU cache: (path, generated_at, [(name, answered,
-    entry)], offenders table)."""
+    host at a time, each host tallied while its objects are still in the CPU cache: (path, generated_at,
+    answered, tally as a plain tuple, offenders table); answered holds 1 per host that answered (status ok)."""
     path, report = _parse_report(given)
     if not _REPORT_HEAD_CHECK.ok(report):
         _refuse_report(path, report)
     entry_ok = ENTRY_CHECK.ok
-    hosts = []
-    for raw in report["hosts"]:
-        if not entry_ok(raw):
-            _refuse_report(path, report)
-        hosts.append((raw["name"], raw["status"] == "ok", entry_from_report(raw)))
-    return path, report["generated_at"], hosts, report.get("offenders") or {}
+    answered = bytearray()
+
+    def checked():
+        for raw in report["hosts"]:
+            if not entry_ok(raw):
+                _refuse_report(path, report)
+            answered.append(raw["status"] == "ok")
+            yield entry_from_report(raw), None
+
+    tally = tuple(_tally(checked()))
+    return path, report["generated_at"], bytes(answered), tally, report.get("offenders") or {}
 
 
 def _partials_marshalled(paths):
@@ -1196,36 +1254,53 @@ def _read_partials(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> list:
 
 
 @_without_cyclic_gc
-def merge_reports(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> tuple[list, list, list]:
-    """Partial reports (job slices, regions) -> (host pairs, offenders, sources) for build_report.
+def merge_reports(paths, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> tuple[list, list, list, list]:
+    """Partial reports (job slices, regions) -> (host pairs, offenders, sources, tallies) for build_report.
 
     A host in several reports is taken from the report where it answered (status ok), else from
     the newest; the offenders of each report are kept for the hosts taken from it. Each report's
     offenders are its top-N, so the top-N of their union is the top-N of the whole fleet.
-    Each report is checked as load_report checks it (_read_partial); large merges read part of
-    the reports in a forked child (_read_partials).
+    Each report is checked as load_report checks it, and its hosts tallied (_read_partial); large
+    merges read part of the reports in a forked child (_read_partials).  When no host is in two
+    reports (nor twice in one), the reports' tallies are the answer and the pairs are empty;
+    otherwise the pairs are the hosts taken and the tallies are empty.
     """
-    chosen: dict[str, tuple] = {}
-    tables, sources = [], []
-    for index, (path, generated_at, hosts, table) in enumerate(_read_partials(paths, fork_min_bytes)):
-        for name, answered, entry in hosts:
-            taken = chosen.get(name)
-            rank = (answered, generated_at, index)
-            if taken is None or rank > taken[0]:
-                chosen[name] = rank, index, entry
-        tables.append(table)
-        sources.append({"path": os.path.abspath(path), "generated_at": generated_at})
-    pairs = [(entry, None) for _rank, _index, entry in chosen.values()]
+    partials = _read_partials(paths, fork_min_bytes)
+    tallies = [_Tally._make(tally) for _path, _generated_at, _answered, tally, _table in partials]
+    sources = [{"path": os.path.abspath(path), "generated_at": generated_at} for path, generated_at, *_rest in partials]
+    # the report each host is taken from
+    taken_from: dict[str, int] = {}
+    for index, tally in enumerate(tallies):
+        taken_from.update(zip(tally.names, itertools.repeat(index)))
+    pairs = []
+    if len(taken_from) != sum(len(tally.names) for tally in tallies):
+        chosen: dict[str, tuple] = {}
+        for index, (_path, generated_at, answered, _tally_parts, _table) in enumerate(partials):
+            for name, ok, entry in zip(tallies[index].names, answered, tallies[index].entries):
+                taken = chosen.get(name)
+                rank = (ok, generated_at, index)
+                if taken is None or rank > taken[0]:
+                    chosen[name] = rank, index, entry
+        taken_from = {name: index for name, (_rank, index, _entry) in chosen.items()}
+        pairs = [(entry, None) for _rank, _index, entry in chosen.values()]
+        tallies = []
     offenders = []
-    for index, table in enumerate(tables):
+    for index, (_path, _generated_at, _answered, _tally_parts, table) in enumerate(partials):
         for kind, rows in table.items():
             count_key = "sockets" if kind == "processes" else "count"
             for row in rows:
-                taken = chosen.get(row["host"])
-                if taken is not None and taken[1] == index and row[count_key] >= OFFENDER_MIN_SOCKETS:
+                if taken_from.get(row["host"]) == index and row[count_key] >= OFFENDER_MIN_SOCKETS:
                     # rebuilt as build_report writes an offender: a key the check did not read is dropped
                     offenders.append((row[count_key], kind, _offender_item(row["host"], kind, row["state"], row)))
-    return pairs, offenders, sources
+    return pairs, offenders, sources, tallies
+
+
+def build_merged_report(paths, query=None, top=OFFENDERS_TOP, fork_min_bytes=MERGE_FORK_MIN_BYTES) -> dict:
+    """One fleet report of partial reports (merge_reports), with ``merged_from``: each one's path and generated_at."""
+    pairs, offenders, sources, tallies = merge_reports(paths, fork_min_bytes)
+    report = build_report(pairs, query=query, top=top, offenders=offenders, tallies=tallies)
+    report["merged_from"] = sources
+    return report
 
 
 def compare_reports(previous, report: dict, previous_error=None) -> dict:

@@ -184,8 +184,7 @@ from ansible_collections.netstate.tcp.plugins.plugin_utils import _fleet_report 
 paths = sys.argv[2:]
 sizes = sum(os.path.getsize(fr.report_path(p)) for p in paths)
 start, cpu_start = time.perf_counter(), time.process_time()
-pairs, offenders, sources = fr.merge_reports(paths)
-report = fr.build_report(pairs, offenders=offenders)
+report = fr.build_merged_report(paths)
 wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 print(json.dumps({
     "reports": len(paths),

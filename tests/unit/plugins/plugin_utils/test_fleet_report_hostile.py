@@ -535,15 +535,14 @@ def test_merge_equals_one_report_of_all_hosts(tmp_path):
     whole = fr.build_report(pairs, top=3)
     fr.write_reports(fr.build_report(pairs[:3], top=3), str(tmp_path / "a"), ["json"])
     fr.write_reports(fr.build_report(pairs[3:], top=3), str(tmp_path / "b"), ["json"])
-    merged_pairs, offenders, sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b" / "latest")])
-    merged = fr.build_report(merged_pairs, offenders=offenders, top=3)
+    merged = fr.build_merged_report([str(tmp_path / "a"), str(tmp_path / "b" / "latest")], top=3)
     for key in ("fleet", "totals", "findings_by_code", "offenders"):
         assert merged[key] == whole[key], key
     strip = ("collected_at", "kernel", "source")
     assert [{k: v for k, v in e.items() if k not in strip} for e in merged["hosts"]] == [
         {k: v for k, v in e.items() if k not in strip} for e in whole["hosts"]
     ]
-    assert len(sources) == 2
+    assert len(merged["merged_from"]) == 2
     check_every_renderer(merged)
 
 
@@ -554,8 +553,8 @@ def test_merge_keeps_a_host_once_where_it_answered(tmp_path):
     )
     down = [(fr.host_entry("h1", result={"unreachable": True, "msg": "x"}), None)]
     fr.write_reports(fr.build_report(down), str(tmp_path / "b"), ["json"])
-    merged_pairs, _offenders, _sources = fr.merge_reports([str(tmp_path / "a"), str(tmp_path / "b")])
-    assert [(e["name"], e["status"]) for e, _f in merged_pairs] == [("h1", "ok")]
+    merged = fr.build_merged_report([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [(e["name"], e["status"]) for e in merged["hosts"]] == [("h1", "ok")]
 
 
 def test_merge_totals_only_the_tcp_states_of_a_host_without_total(tmp_path):
@@ -564,8 +563,8 @@ def test_merge_totals_only_the_tcp_states_of_a_host_without_total(tmp_path):
     (tmp_path / "report.json").write_bytes(
         _report_bytes([{"name": "h1", "status": "ok", "findings": [], "states": states}])
     )
-    pairs, _offenders, _sources = fr.merge_reports([str(tmp_path)])
-    entry = pairs[0][0]
+    merged = fr.build_merged_report([str(tmp_path)])
+    entry = merged["hosts"][0]
     assert entry["total"] == 2 * len(fr.STATES)
     assert entry["states"] == dict.fromkeys(fr.STATES, 2)
-    check_every_renderer(fr.build_report(pairs))
+    check_every_renderer(merged)

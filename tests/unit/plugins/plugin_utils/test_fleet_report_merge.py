@@ -123,8 +123,7 @@ def test_the_merged_report_holds_no_key_the_check_did_not_read(tmp_path):
         for row in rows:
             row["injected_offender"] = "x"
     assert any(report["offenders"].values())
-    pairs, offenders, _sources = fr.merge_reports([save(tmp_path, report)])
-    merged = fr.build_report(pairs, offenders=offenders)
+    merged = fr.build_merged_report([save(tmp_path, report)])
     assert not [key for key in _keys(merged) if key.startswith("injected")]
     assert [row["host"] for rows in merged["offenders"].values() for row in rows] == [
         row["host"] for rows in report["offenders"].values() for row in rows
@@ -210,12 +209,15 @@ def test_names_of_one_shape_are_their_own_natural_keys():
     assert fr.natural_keys(mixed) == [fr.natural_key(n) for n in mixed]
 
 
-def _slices(tmp_path, count=4):
-    """`count` report.json paths: distinct hosts per slice, one host in every slice (down in all but the
-    last slice, where it answered), so the choice of a host across slices is exercised."""
+def _slices(tmp_path, count=4, shared=True):
+    """`count` report.json paths: distinct hosts per slice and, when shared, one host in every slice (down
+    in all but the last slice, where it answered), so the choice of a host across slices is exercised."""
     paths = []
     for index in range(count):
         report = written(tmp_path, name=f"w{index}", prefix=f"s{index}-")
+        if not shared:
+            paths.append(save(tmp_path, report, name=f"slice{index}.json"))
+            continue
         shared = copy.deepcopy(ok_host(report)) if index == count - 1 else None
         if shared is None:
             shared = next(h for h in report["hosts"] if h["status"] != "ok")
@@ -247,7 +249,8 @@ def test_a_forked_merge_equals_the_merge_in_one_process(tmp_path, children):
     forked = fr.merge_reports(paths, fork_min_bytes=0)
     assert forked == alone
     assert len(children) == 1 and children[0] == paths[-len(children[0]) :] and len(children[0]) < len(paths)
-    pairs, offenders, sources = forked
+    pairs, offenders, sources, tallies = forked
+    assert tallies == []  # "everywhere" is in every slice: the hosts are taken one by one
     names = [entry["name"] for entry, _facts in pairs]
     assert len(names) == len(set(names)) == 4 * (len(NAMES) + 1) + 1
     everywhere = next(entry for entry, _facts in pairs if entry["name"] == "everywhere")
@@ -256,6 +259,44 @@ def test_a_forked_merge_equals_the_merge_in_one_process(tmp_path, children):
     assert offenders  # the recorded leaks are offenders, some of them from the child's slices
     report = fr.build_report(pairs, offenders=offenders)
     assert fr.render_json(report) == fr.render_json(fr.build_report(alone[0], offenders=alone[1]))
+
+
+def _unstamped(report):
+    """The report without what differs between two runs on the same reports (generated_at, merged_from)."""
+    return {key: value for key, value in report.items() if key not in ("generated_at", "merged_from")}
+
+
+@pytest.mark.parametrize("fork_min_bytes", [0, 1 << 40], ids=["forked", "one process"])
+def test_reports_without_a_common_host_add_up_their_tallies(tmp_path, children, fork_min_bytes):
+    # job slices: no host in two reports, so each report's tally (made by its reader) is part of the answer
+    paths = _slices(tmp_path, count=3, shared=False)
+    pairs, offenders, sources, tallies = fr.merge_reports(paths, fork_min_bytes=fork_min_bytes)
+    assert pairs == [] and len(tallies) == len(sources) == 3
+    assert bool(children) == (fork_min_bytes == 0)
+    merged = fr.build_merged_report(paths, fork_min_bytes=fork_min_bytes)
+    # the same hosts taken one by one, as a merge with a host in two reports takes them
+    one_by_one = fr.build_report([(entry, None) for tally in tallies for entry in tally.entries], offenders=offenders)
+    assert _unstamped(merged) == _unstamped(one_by_one)
+    assert merged["fleet"]["hosts"] == 3 * (len(NAMES) + 1)
+    assert merged["findings_by_code"]["CLOSE_WAIT_LEAK"] == [
+        "s0-close_wait_leak",
+        "s1-close_wait_leak",
+        "s2-close_wait_leak",
+    ]
+    assert merged["merged_from"] == [
+        {"path": path, "generated_at": source["generated_at"]} for path, source in zip(paths, sources)
+    ]
+
+
+def test_a_host_twice_in_one_report_is_taken_once(tmp_path):
+    report = written(tmp_path)
+    twice = copy.deepcopy(ok_host(report))
+    report["hosts"].append(twice)
+    pairs, _offenders, _sources, tallies = fr.merge_reports([save(tmp_path, report)])
+    assert tallies == [] and [entry["name"] for entry, _facts in pairs].count(twice["name"]) == 1
+    merged = fr.build_merged_report([save(tmp_path, report)])
+    assert merged["fleet"]["hosts"] == len(report["hosts"]) - 1
+    assert sum(entry["total"] for entry in merged["hosts"] if entry["status"] == "ok") == merged["totals"]["sockets"]
 
 
 def test_a_bad_report_read_by_the_child_is_named_as_in_one_process(tmp_path, children):
