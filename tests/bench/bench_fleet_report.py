@@ -12,6 +12,7 @@ they are in hostvars during a real run).
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ TARGET_MIB = 512
 MERGE_REPORTS = 10
 MERGE_TARGET_SECONDS = 3.0
 MERGE_TARGET_MIB = 1024
+# each merge in a fresh process on the same reports, best of these (the other benches take the best of theirs too)
+MERGE_RUNS = 3
 
 # builds `payload`: host name -> registered tcp_state_facts result, varied from the recorded facts
 PAYLOAD = r"""
@@ -216,8 +219,9 @@ for index in range(int(sys.argv[5])):
 )
 
 
-def measure_merge(tmp_dir: str, reports=MERGE_REPORTS, hosts=HOSTS) -> dict:
-    """Write `reports` partial reports of `hosts` hosts, then merge them in a fresh subprocess."""
+def measure_merge(tmp_dir: str, reports=MERGE_REPORTS, hosts=HOSTS, runs=MERGE_RUNS) -> dict:
+    """Write `reports` partial reports of `hosts` hosts, then merge them `runs` times, each in a fresh subprocess:
+    the best run (wall time; its CPU time beside) and the median wall time, and the largest peak RSS."""
     collections = str(ROOT / ".build" / "collections")
     fixtures = str(ROOT / "tests" / "unit" / "plugins" / "plugin_utils" / "fixtures")
     subprocess.run(
@@ -226,14 +230,23 @@ def measure_merge(tmp_dir: str, reports=MERGE_REPORTS, hosts=HOSTS) -> dict:
         timeout=900,
     )
     slices = [str(Path(tmp_dir) / f"slice{index}") for index in range(reports)]
-    out = subprocess.run(
-        [sys.executable, "-c", MERGE_CHILD, collections, *slices],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    ).stdout
-    return json.loads(out)
+    results = []
+    for _run in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", MERGE_CHILD, collections, *slices],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        ).stdout
+        results.append(json.loads(out))
+    best = min(results, key=lambda result: result["merge_s"])
+    return {
+        **best,
+        "runs": runs,
+        "merge_median_s": statistics.median(result["merge_s"] for result in results),
+        "peak_rss_mib": max(result["peak_rss_mib"] for result in results),
+    }
 
 
 def measure(hosts=HOSTS) -> dict:
@@ -298,15 +311,15 @@ def run() -> str:
         f"Load average during the run: {' '.join(m['load'])} (wall times grow with it; CPU time does not).\n\n"
         f"## fleet_report: merge {merge['reports']} reports of {HOSTS:,} hosts\n\n"
         f"{merge['reports']} report.json files written by the report code from the hosts above (host names "
-        f"made distinct per report; {merge['input_mib']:.0f} MiB of JSON in all), merged in a fresh subprocess: "
-        "each file read and checked as hostile input (a host at a time, taken as written or rebuilt from the "
-        "checked keys), findings, totals and offenders "
-        "recomputed across all hosts.\n\n"
+        f"made distinct per report; {merge['input_mib']:.0f} MiB of JSON in all), merged {merge['runs']} times, "
+        "each in a fresh subprocess: each file read and checked as hostile input (a host at a time, taken as "
+        "written or rebuilt from the checked keys, and tallied), findings, totals and offenders "
+        "recomputed across all hosts. Best of the runs (the target's figure) and their median.\n\n"
         "| what | result | target |\n| --- | ---: | ---: |\n"
         f"| merge {merge['fleet']['hosts']:,} hosts | {merge['merge_s']:.2f} s wall, {merge['merge_cpu_s']:.2f} s CPU "
-        f"| <= {MERGE_TARGET_SECONDS:.0f} s |\n"
-        f"| peak RSS | {merge['peak_rss_mib']:.0f} MiB | <= {MERGE_TARGET_MIB} MiB |\n\n"
-        f"Load average during the merge: {' '.join(merge['load'])}.\n"
+        f"(median of {merge['runs']}: {merge['merge_median_s']:.2f} s wall) | <= {MERGE_TARGET_SECONDS:.0f} s |\n"
+        f"| peak RSS (the largest of the runs) | {merge['peak_rss_mib']:.0f} MiB | <= {MERGE_TARGET_MIB} MiB |\n\n"
+        f"Load average after the best run: {' '.join(merge['load'])}.\n"
     )
 
 
