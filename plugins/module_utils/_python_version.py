@@ -7,7 +7,7 @@ The other module_utils use ``from __future__ import annotations`` (Python 3.7) a
 3.7 is the true minimum (tests/unit/test_python_versions.py proves it). ansible-core 2.16 still runs
 modules on Python 3.6: there, importing them would be a raw SyntaxError. So this file and the module
 files parse on Python 3.6 (no newer syntax or __future__ import here), and each module calls
-:func:`exit_on_old_python` before it imports the others.
+:func:`start_module` (the check, then the zip importer of _zip_import) before it imports the others.
 """
 
 import json
@@ -42,3 +42,15 @@ def exit_on_old_python(module_name, version_info=None):
     }
     sys.stdout.write(json.dumps(result) + "\n")
     raise SystemExit(1)
+
+
+def start_module(module_name):
+    """What each module does before it imports the other module_utils.
+
+    End on a Python older than MINIMUM_PYTHON (:func:`exit_on_old_python`); then, on a newer one, have
+    AnsiballZ's zip compile each of them once (_zip_import, whose syntax needs the check first).
+    """
+    exit_on_old_python(module_name)
+    from ansible_collections.netstate.tcp.plugins.module_utils._zip_import import compile_each_once  # noqa: PLC0415
+
+    compile_each_once()

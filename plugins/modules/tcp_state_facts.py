@@ -615,13 +615,10 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netstate.tcp.plugins.module_utils._python_version import exit_on_old_python
+from ansible_collections.netstate.tcp.plugins.module_utils._python_version import start_module
 
-exit_on_old_python("tcp_state_facts")  # before the module_utils below: they need Python 3.7 syntax
-
-from ansible_collections.netstate.tcp.plugins.module_utils._zip_import import compile_each_once
-
-compile_each_once()  # AnsiballZ imports the module_utils below from a zip: compile each once, not twice
+# before the module_utils below: they need Python 3.7 syntax, and AnsiballZ imports them from a zip
+start_module("tcp_state_facts")
 
 from ansible_collections.netstate.tcp.plugins.module_utils._facts import (
     ARGUMENT_SPEC,
