@@ -154,18 +154,6 @@ def test_audit_fails_when_limit_leaves_no_audited_host(tmp_path):
     assert not out.exists()
 
 
-def untouchable_host(tmp_path):
-    """(inventory, marker): one host whose "python" leaves the marker file; a check before any host must stop first."""
-    inventory, marker = tmp_path / "inventory.yml", tmp_path / "touched"
-    fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
-    fake.chmod(0o755)
-    inventory.write_text(
-        json.dumps({"all": {"hosts": {"h": {"ansible_connection": "local", "ansible_python_interpreter": str(fake)}}}})
-    )
-    return inventory, marker
-
-
 FORMATS_MESSAGE = (
     "audit_formats must be a list of json, md, html, csv, prom with at least one of json, md, html, csv; got "
 )
@@ -185,7 +173,14 @@ FORMATS_MESSAGE = (
     ids=["unknown-threshold", "unknown-format", "formats-a-string", "no-file-format"],
 )
 def test_audit_playbook_rejects_bad_variables_before_touching_a_host(tmp_path, extra_vars, messages):
-    inventory, marker = untouchable_host(tmp_path)
+    inventory, marker = tmp_path / "inventory.yml", tmp_path / "touched"
+    # a host whose "python" leaves a mark: it must never be run
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    inventory.write_text(
+        json.dumps({"all": {"hosts": {"h": {"ansible_connection": "local", "ansible_python_interpreter": str(fake)}}}})
+    )
     out = tmp_path / "reports"
     done = playbook("-i", str(inventory), "playbooks/audit.yml", "-e", f"audit_output_dir={out}", "-e", extra_vars)
     assert done.returncode != 0
