@@ -12,23 +12,49 @@ import datetime
 import importlib.util
 import os
 import platform
+import statistics
 import sys
+import time
 import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks.md"
+PROBE_RUNS = 20  # timings of one fixed loop before the benches, and as many after
 
 
-def machine_summary() -> str:
+def cpu_probe(runs=PROBE_RUNS):
+    """Seconds of one fixed pure-Python loop, `runs` times in a row: how steady this machine's CPU is.
+
+    On a shared VM the same work can take twice as long from one second to the next; every
+    wall-clock ratio between runs made seconds apart carries that noise.
+    """
+    took = []
+    for _run in range(runs):
+        start = time.perf_counter()
+        sum(range(5_000_000))
+        took.append(time.perf_counter() - start)
+    return took
+
+
+def machine_summary(probe=()) -> str:
     with open("/proc/meminfo", encoding="ascii") as fh:
         mem_kib = int(fh.readline().split()[1])
+    steadiness = ""
+    if probe:
+        low, high = min(probe), max(probe)
+        steadiness = (
+            f"- CPU steadiness: one fixed Python loop timed {len(probe)} times (half before the benches, half "
+            f"after) took {low:.3f}-{high:.3f} s, median {statistics.median(probe):.3f} s: the slowest run was "
+            f"{high / low:.1f}x the fastest. Wall-clock ratios between runs made seconds apart carry this noise.\n"
+        )
     return (
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
         f"- kernel: {platform.release()}\n"
         f"- python: {platform.python_version()}\n"
         f"- cpus: {os.cpu_count()}, memory: {mem_kib // 1024 // 1024} GiB\n"
+        f"{steadiness}"
     )
 
 
@@ -50,6 +76,7 @@ def main(argv=None) -> int:
     if args.only:
         benches = [b for b in benches if b.stem[len("bench_") :] in args.only]
     sections, failed = [], []
+    probe = cpu_probe()
     for path in benches:
         print(f"== {path.stem}", flush=True)
         try:
@@ -58,11 +85,12 @@ def main(argv=None) -> int:
             traceback.print_exc()
             failed.append(path.stem)
             sections.append(f"## {path.stem}\n\nFailed in this run; see the bench output.\n")
+    probe += cpu_probe()
     text = (
         "# Benchmarks\n\n"
         "Written by `make bench` (tests/bench/run.py); numbers come from one run on the machine below.\n"
         "Ratios compare tools measured in the same run on the same sockets.\n\n"
-        + machine_summary()
+        + machine_summary(probe)
         + "\n"
         + "\n".join(sections)
     )
