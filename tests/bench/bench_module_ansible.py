@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 from netstate_lab import Lab
+from netstate_lab.lab import HOST_PYTHON
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKETS = int(os.environ.get("NETSTATE_BENCH_MODULE_SOCKETS", "300000"))
 RUNS = 5  # best of 5: one round is a fresh 300k-socket host, and single runs vary by 10-20% here
-HOST_PYTHON = "/usr/bin/python3"  # the lab inventory's interpreter
 # the lab host shares this machine's filesystem, so the wrapper and its log are plain local files;
 # `times` runs in the wrapper's own shell (not a subshell): its second line is the children's CPU time
 WRAPPER = """#!/bin/sh
@@ -73,7 +73,7 @@ def _timed(cmd, env, log):
     return (took, *_host_times(log))
 
 
-def _round(bindir, env, round_index, took, seen, *, wrapper):
+def _round(bindir, env, round_index, took, seen, *, wrapper, log):
     """One fresh lab host with a fresh mix; every case once, starting with a different case each round."""
     lab = Lab.create(hosts=1, ssh=True)
     try:
@@ -86,7 +86,6 @@ def _round(bindir, env, round_index, took, seen, *, wrapper):
             "module owners: []": [*adhoc, "-m", "netstate.tcp.tcp_state_facts", "-a", '{"owners": []}'],
             "ss | awk": [*adhoc, "-m", "ansible.builtin.shell", "-a", "ss -tan | awk '{print $1}' | sort | uniq -c"],
         }
-        log = wrapper.with_name("host-times.log")
         _timed([*adhoc, "-m", "ansible.builtin.ping"], env, log)  # warm-up: host key, control socket, byte code
         names = list(cases)
         shift = round_index % len(names)
@@ -107,14 +106,14 @@ def run() -> str:
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
         ANSIBLE_HOME=str(Path(tmp) / "ansible-home"),
     )
-    wrapper = Path(tmp) / "python3"
-    wrapper.write_text(WRAPPER.format(python=HOST_PYTHON, log=Path(tmp) / "host-times.log"), encoding="ascii")
+    wrapper, log = Path(tmp) / "python3", Path(tmp) / "host-times.log"
+    wrapper.write_text(WRAPPER.format(python=HOST_PYTHON, log=log), encoding="ascii")
     wrapper.chmod(0o755)
     took = {"module defaults": [], "module owners: []": [], "ss | awk": []}
     seen = []
     try:
         for round_index in range(RUNS):
-            _round(bindir, env, round_index, took, seen, wrapper=wrapper)
+            _round(bindir, env, round_index, took, seen, wrapper=wrapper, log=log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = min(seen)

@@ -34,6 +34,8 @@ PREFIX = "nsl-"
 RUN_ID_RE = re.compile(r"^(nsl-[0-9a-f]{6})(?:-|$)")
 STATE_FILE = "lab.json"
 BRIDGE_NAME = "nslbr0"
+# the interpreter the lab inventory gives every host (the namespaces share this machine's filesystem)
+HOST_PYTHON = "/usr/bin/python3"
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOOL_PACKAGES = {
@@ -724,7 +726,7 @@ class Lab:
                 "ansible_ssh_private_key_file": self.key_path,
                 "ansible_ssh_common_args": self.ssh_common_args(h),
                 "ansible_ssh_host_key_checking": True,
-                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_python_interpreter": HOST_PYTHON,
                 "lab_netns": h.name,
                 "lab_sysctl_dir": h.sysctl_dir,
             }
@@ -751,7 +753,7 @@ class Lab:
                     "ansible_port": 1,  # nothing listens: connection refused at once
                     "ansible_user": "root",
                     "ansible_ssh_common_args": "-o ConnectTimeout=3",
-                    "ansible_python_interpreter": "/usr/bin/python3",
+                    "ansible_python_interpreter": HOST_PYTHON,
                     **u["vars"],
                 }
         inventory = {"all": {"children": children}}
